@@ -1,0 +1,27 @@
+process MODELS_FETCH {
+    tag "fetch"
+    label 'process_single'
+    label 'process_network'
+    // Downloaded once into --model_cache and reused by every later run (storeDir).
+    storeDir "${params.model_cache}"
+    container 'ghcr.io/virnucpro/virnucpro:0.1.0-cpu'
+
+    output:
+    path "virnucpro_models", emit: models
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args = task.ext.args ?: ''
+    """
+    virnucpro models fetch --cache virnucpro_models ${args}
+    """
+
+    stub:
+    """
+    mkdir -p virnucpro_models/dnabert-s
+    touch virnucpro_models/esm2.pt virnucpro_models/classifier_300.safetensors virnucpro_models/classifier_500.safetensors
+    touch virnucpro_models/dnabert-s/config.json virnucpro_models/dnabert-s/model.safetensors virnucpro_models/dnabert-s/tokenizer.json
+    """
+}
