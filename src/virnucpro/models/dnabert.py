@@ -1,0 +1,397 @@
+"""DNABERT-S, natively: the DNABERT-2 encoder (MosaicBERT style) without transformers.
+
+The network follows MAGICS-LAB/DNABERT_S, evaluate/model_codes/bert_layers.py (`BertModel`):
+- embeddings: word + token type (always type 0), LayerNorm; no position embeddings;
+- each layer: fused Wqkv projection, softmax(q k^T / sqrt(d) + ALiBi) v, dense, post-LayerNorm
+  with the residual; then a gated-GELU MLP: gated_layers (no bias) gives [gated | non_gated],
+  act = exact GELU(gated) * non_gated, wo, post-LayerNorm with the residual.
+Dropout is omitted: we only run inference.
+
+The published checkpoint is `BertModel.save_pretrained` output (config "architectures":
+["BertModel"]; the DNABERT_S training code saves and reloads `dnabert2` = BertModel), so its keys
+carry no "bert." prefix and include the unused pooler, e.g.
+  embeddings.word_embeddings.weight, encoder.layer.0.attention.self.Wqkv.weight,
+  encoder.layer.0.mlp.gated_layers.weight, pooler.dense.weight.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from torch import nn
+
+from virnucpro.errors import VirnucproError
+
+# Checkpoint keys we knowingly drop: the [CLS] pooler of BertModel (VirNucPro mean-pools the
+# last hidden state instead). Anything else missing or unexpected is an error.
+IGNORED_KEY_PREFIXES = ("pooler.",)
+
+_CONFIG_INTS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+)
+
+
+class DnaBertConfig:
+    """The sizes that shape the network, read from a Hugging Face config.json."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        num_hidden_layers: int,
+        num_attention_heads: int,
+        intermediate_size: int,
+        type_vocab_size: int = 2,
+        layer_norm_eps: float = 1e-12,
+    ) -> None:
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.type_vocab_size = type_vocab_size
+        self.layer_norm_eps = layer_norm_eps
+
+    @classmethod
+    def from_json(cls, path: Path) -> DnaBertConfig:
+        """Read config.json; any problem is a one-line VirnucproError naming the file."""
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise VirnucproError(f"{path}: file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise VirnucproError(f"{path}: cannot read ({e})") from None
+        except json.JSONDecodeError as e:
+            raise VirnucproError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        if not isinstance(raw, dict):
+            raise VirnucproError(f"{path}: expected a JSON object")
+        ints = {}
+        # type_vocab_size defaults to BERT's 2 when absent, as in the Hugging Face BertConfig.
+        for key in (*_CONFIG_INTS, "type_vocab_size"):
+            value = raw.get(key, 2 if key == "type_vocab_size" else None)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise VirnucproError(f"{path}: '{key}' must be a positive integer, got {value!r}")
+            ints[key] = value
+        eps = raw.get("layer_norm_eps", 1e-12)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise VirnucproError(f"{path}: 'layer_norm_eps' must be a small positive number")
+        if ints["hidden_size"] % ints["num_attention_heads"]:
+            raise VirnucproError(
+                f"{path}: hidden_size {ints['hidden_size']} is not a multiple of "
+                f"num_attention_heads {ints['num_attention_heads']}"
+            )
+        # alibi_starting_size only pre-sizes the original's ALiBi cache; the values do not
+        # depend on it, so it is not read.
+        return cls(**ints, layer_norm_eps=float(eps))
+
+
+def alibi_slopes(n_heads: int) -> list[float]:
+    """ALiBi head slopes as in the original: a geometric series 2^(-8/n) for n a power of two;
+    otherwise the series of the power of two below, then every other slope of the one above."""
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        return power_of_two(n_heads)
+    lower = 2 ** math.floor(math.log2(n_heads))
+    return power_of_two(lower) + alibi_slopes(2 * lower)[0::2][: n_heads - lower]
+
+
+def alibi_bias(n_heads: int, length: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Symmetric ALiBi bias (1, heads, length, length): -slope * |i - j|, float32."""
+    pos = torch.arange(length, device=device)
+    distance = (pos[None, :] - pos[:, None]).abs()
+    slopes = torch.tensor(alibi_slopes(n_heads), dtype=torch.float32, device=device)
+    return (slopes[:, None, None] * -distance).unsqueeze(0)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: DnaBertConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # The original always passes token type 0 for single sequences.
+        type_zero = self.token_type_embeddings.weight[0]
+        return self.LayerNorm(self.word_embeddings(input_ids) + type_zero)
+
+
+class SelfAttention(nn.Module):
+    """Holds the fused projection; called "attention.self" in the checkpoint."""
+
+    def __init__(self, cfg: DnaBertConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.num_attention_heads
+        self.Wqkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, t, h = x.shape
+        # Wqkv output is laid out (q|k|v, head, head_dim), as the original's rearrange reads it.
+        qkv = self.Wqkv(x).view(b, t, 3, self.n_heads, h // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, heads, t, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # scale 1/sqrt(head_dim)
+        return out.transpose(1, 2).reshape(b, t, h)
+
+
+class SelfOutput(nn.Module):
+    def __init__(self, cfg: DnaBertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(x) + residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DnaBertConfig) -> None:
+        super().__init__()
+        self.self = SelfAttention(cfg)  # the checkpoint's name, hence the odd attribute
+        self.output = SelfOutput(cfg)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return self.output(self.self(x, bias), x)
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, cfg: DnaBertConfig) -> None:
+        super().__init__()
+        self.intermediate_size = cfg.intermediate_size
+        self.gated_layers = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.wo = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The first half goes through exact (erf) GELU and gates the second half.
+        gated, non_gated = self.gated_layers(x).split(self.intermediate_size, dim=-1)
+        return self.layernorm(self.wo(F.gelu(gated) * non_gated) + x)
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: DnaBertConfig) -> None:
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.mlp = GatedMLP(cfg)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.attention(x, bias))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: DnaBertConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+
+
+class DnaBert(nn.Module):
+    """DNABERT-2/DNABERT-S encoder returning the last hidden state."""
+
+    def __init__(self, cfg: DnaBertConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embeddings = Embeddings(cfg)
+        self.encoder = Encoder(cfg)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids (B, T), attention_mask (B, T) with 1 = real token -> (B, T, H).
+
+        Padding keys are masked out of attention, so each real token's result equals that of
+        the unpadded sequence (the original runs unpadded); padding rows come back as zeros.
+        """
+        x = self.embeddings(input_ids)
+        keep = attention_mask.bool()
+        t = input_ids.shape[1]
+        bias = alibi_bias(self.config.num_attention_heads, t, x.device)
+        bias = bias.masked_fill(~keep[:, None, None, :], float("-inf")).to(x.dtype)
+        for layer in self.encoder.layer:
+            x = layer(x, bias)
+        return x * keep[..., None].to(x.dtype)
+
+
+class DnaTokenizer:
+    """The model's Hugging Face tokenizer.json, run with the `tokenizers` package."""
+
+    def __init__(self, tokenizer: Tokenizer, path: Path) -> None:
+        # HF's tokenizer call only truncates or pads when asked; VirNucPro asked for neither.
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+        pad_id = tokenizer.token_to_id("[PAD]")
+        cls_id = tokenizer.token_to_id("[CLS]")
+        sep_id = tokenizer.token_to_id("[SEP]")
+        if pad_id is None or cls_id is None or sep_id is None:
+            raise VirnucproError(f"{path}: vocabulary lacks [PAD], [CLS] or [SEP]")
+        probe = self.encode("A")
+        if probe[0] != cls_id or probe[-1] != sep_id:
+            raise VirnucproError(f"{path}: post-processor does not add [CLS] ... [SEP]")
+        self.pad_id: int = pad_id
+
+    def encode(self, seq: str) -> list[int]:
+        """Token ids of one sequence with [CLS] ... [SEP], no truncation.
+
+        Characters are handled as tokenizer.json says: DNABERT-2's BPE vocabulary is upper-case
+        A/C/G/T pieces, so other letters (lower case, N) become [UNK] unless the file normalizes.
+        """
+        return self._tokenizer.encode(seq).ids
+
+
+def _read_state_dict(model_dir: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    path = model_dir / "model.safetensors"
+    if path.is_file():
+        try:
+            return path, load_file(path)
+        except Exception as e:  # safetensors raises several types for corrupt files
+            raise VirnucproError(f"{path}: not a readable safetensors file ({e})") from None
+    path = model_dir / "pytorch_model.bin"
+    if not path.is_file():
+        raise VirnucproError(f"{model_dir}: no model.safetensors or pytorch_model.bin")
+    try:
+        # weights_only refuses any pickled object that is not plain tensors/containers.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types; all mean "refused"
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VirnucproError(f"{path}: not a plain tensor state dict ({first_line})") from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise VirnucproError(f"{path}: not a plain tensor state dict")
+    return path, state
+
+
+def _check_keys(path: Path, state: dict[str, torch.Tensor], model: DnaBert) -> None:
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise VirnucproError(f"{path}: missing weights {', '.join(missing[:5])}")
+    if unexpected:
+        raise VirnucproError(f"{path}: unexpected weights {', '.join(unexpected[:5])}")
+    for key, shape in expected.items():
+        if state[key].shape != shape:
+            raise VirnucproError(
+                f"{path}: {key} has shape {tuple(state[key].shape)}, config says {tuple(shape)}"
+            )
+
+
+def load_dnabert(
+    model_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[DnaBert, DnaTokenizer]:
+    """Load a DNABERT-S Hugging Face directory (config.json, model.safetensors or
+    pytorch_model.bin, tokenizer.json) with strict weight keys; returns (model in eval mode,
+    tokenizer)."""
+    model_dir = Path(model_dir)
+    cfg = DnaBertConfig.from_json(model_dir / "config.json")
+    path, state = _read_state_dict(model_dir)
+    state = {k: v for k, v in state.items() if not k.startswith(IGNORED_KEY_PREFIXES)}
+    with torch.device("meta"):  # no throw-away random init: the weights come from the file
+        model = DnaBert(cfg)
+    _check_keys(path, state, model)
+    model.load_state_dict(state, strict=True, assign=True)
+    model = model.to(device=device, dtype=dtype).eval()
+
+    tok_path = model_dir / "tokenizer.json"
+    try:
+        tokenizer = Tokenizer.from_file(str(tok_path))
+    except Exception as e:  # tokenizers raises a bare Exception for missing or bad files
+        problem = "file not found" if not tok_path.is_file() else f"not a tokenizer file ({e})"
+        raise VirnucproError(f"{tok_path}: {problem}") from None
+    return model, DnaTokenizer(tokenizer, tok_path)
+
+
+def dnabert_mean_embeddings(
+    model: DnaBert, token_batch: list[list[int]], pad_id: int
+) -> torch.Tensor:
+    """Pad a batch of token id lists, run the model and return float32 CPU (B, H): the mean of
+    the last hidden state over every real token, [CLS] and [SEP] included (VirNucPro's rule)."""
+    device = next(model.parameters()).device
+    lengths = torch.tensor([len(ids) for ids in token_batch])
+    width = int(lengths.max())
+    input_ids = torch.full((len(token_batch), width), pad_id, dtype=torch.long)
+    for row, ids in enumerate(token_batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    mask = torch.arange(width)[None, :] < lengths[:, None]
+    with torch.inference_mode():
+        hidden = model(input_ids.to(device), mask.to(device)).float()
+        summed = (hidden * mask.to(device)[..., None]).sum(dim=1)
+        return (summed / lengths.to(device)[:, None]).cpu()
+
+
+def write_demo_dnabert(model_dir: Path, seed: int = 0) -> None:
+    """Write a tiny seeded random-weight DNABERT-S directory in the published layout:
+    config.json (the published keys, tiny sizes), model.safetensors (published key names,
+    pooler included) and a DNABERT-2 style BPE tokenizer.json."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]  # ids 0..4, as in DNABERT-2
+    pieces = ["A", "C", "G", "T", "AA", "TT", "CG", "GC", "AT", "TA", "AAT", "TTA"]
+    vocab = {tok: i for i, tok in enumerate(specials + pieces)}
+    merges = [("A", "A"), ("T", "T"), ("C", "G"), ("G", "C"), ("A", "T"), ("T", "A")]
+    merges += [("AA", "T"), ("TT", "A")]
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    tokenizer.add_special_tokens(specials)
+    tokenizer.save(str(model_dir / "tokenizer.json"))
+
+    config = {
+        "_name_or_path": "zhihan1996/DNABERT-2-117M",
+        "alibi_starting_size": 512,
+        "architectures": ["BertModel"],
+        "attention_probs_dropout_prob": 0.0,
+        "auto_map": {
+            "AutoConfig": "configuration_bert.BertConfig",
+            "AutoModel": "bert_layers.BertModel",
+            "AutoModelForMaskedLM": "bert_layers.BertForMaskedLM",
+            "AutoModelForSequenceClassification": "bert_layers.BertForSequenceClassification",
+        },
+        "classifier_dropout": None,
+        "gradient_checkpointing": False,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": 48,
+        "initializer_range": 0.02,
+        "intermediate_size": 96,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 512,
+        "model_type": "bert",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "pad_token_id": 0,
+        "position_embedding_type": "absolute",
+        "torch_dtype": "float32",
+        "transformers_version": "4.28.0",
+        "type_vocab_size": 2,
+        "use_cache": True,
+        "vocab_size": len(vocab),
+    }
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    cfg = DnaBertConfig.from_json(model_dir / "config.json")
+    shapes = {k: v.shape for k, v in DnaBert(cfg).state_dict().items()}
+    shapes["pooler.dense.weight"] = torch.Size([cfg.hidden_size, cfg.hidden_size])
+    shapes["pooler.dense.bias"] = torch.Size([cfg.hidden_size])
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key in sorted(shapes):
+        value = torch.randn(shapes[key], generator=gen) * 0.05
+        is_norm_weight = key.endswith("weight") and ("LayerNorm" in key or "layernorm" in key)
+        state[key] = value + 1.0 if is_norm_weight else value
+    save_file(state, str(model_dir / "model.safetensors"))
