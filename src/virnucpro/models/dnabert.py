@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,26 +42,17 @@ _CONFIG_INTS = (
 )
 
 
+@dataclass(frozen=True)
 class DnaBertConfig:
     """The sizes that shape the network, read from a Hugging Face config.json."""
 
-    def __init__(
-        self,
-        vocab_size: int,
-        hidden_size: int,
-        num_hidden_layers: int,
-        num_attention_heads: int,
-        intermediate_size: int,
-        type_vocab_size: int = 2,
-        layer_norm_eps: float = 1e-12,
-    ) -> None:
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.type_vocab_size = type_vocab_size
-        self.layer_norm_eps = layer_norm_eps
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
 
     @classmethod
     def from_json(cls, path: Path) -> DnaBertConfig:
@@ -75,10 +67,10 @@ class DnaBertConfig:
             raise VirnucproError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
         if not isinstance(raw, dict):
             raise VirnucproError(f"{path}: expected a JSON object")
-        ints = {}
-        # type_vocab_size defaults to BERT's 2 when absent, as in the Hugging Face BertConfig.
+        # type_vocab_size may be absent: Hugging Face's BertConfig then uses 2.
+        ints = {"type_vocab_size": raw.get("type_vocab_size", 2)}
         for key in (*_CONFIG_INTS, "type_vocab_size"):
-            value = raw.get(key, 2 if key == "type_vocab_size" else None)
+            value = raw.get(key, ints.get(key))
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise VirnucproError(f"{path}: '{key}' must be a positive integer, got {value!r}")
             ints[key] = value
