@@ -2,8 +2,7 @@ process MODELS_FETCH {
     tag "fetch"
     label 'process_single'
     label 'process_network'
-    // Downloaded once into --model_cache and reused by every later run (storeDir).
-    storeDir "${params.model_cache}"
+    // storeDir (conf/modules.config): downloaded once into --model_cache, reused by later runs
     container 'ghcr.io/virnucpro/virnucpro:0.1.0-cpu'
 
     output:
