@@ -61,7 +61,8 @@ static List evalDecls(List<String> lines, Statement block, Map values) {
     }
     binding.setVariable('stdout', [kind: 'stdout'])
     def shell = new GroovyShell(binding)
-    return statements(block).collect { shell.evaluate(slice(lines, it)) }
+    def texts = statements(block).collect { slice(lines, it) }.findAll { it != null }
+    return texts.collect { shell.evaluate(it) }
 }
 
 def cache = [:]
@@ -88,7 +89,9 @@ System.in.eachLine { line ->
             answer.outputs = evalDecls(lines, proc.outputs, values)
             def body = req.block == 'stub' ? proc.stub : proc.exec
             def text = statements(body).collect { slice(lines, it) }.join('\n')
-            answer.script = new GroovyShell(new Binding(values)).evaluate(text).toString()
+            // Nextflow strips the common indentation of the rendered script (TaskRun)
+            def rendered = new GroovyShell(new Binding(values)).evaluate(text).toString()
+            answer.script = rendered.stripIndent(true)
         }
     } catch (Throwable e) {
         answer = [error: e.toString()]
