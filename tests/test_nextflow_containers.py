@@ -37,3 +37,24 @@ def test_dockerfiles_install_the_package_at_the_pipeline_version():
         assert f"ARG VIRNUCPRO_VERSION={VERSION}" in text, name
         assert 'test "$(virnucpro --version)" = "virnucpro ${VIRNUCPRO_VERSION}"' in text
         assert "COPY src /opt/virnucpro/src" in text
+
+
+# Nextflow's trace fields (nextflow/trace/TraceRecord.groovy FIELDS): an unknown one
+# makes Nextflow fail when it writes the trace.
+TRACE_FIELDS = set(
+    "task_id hash native_id process module container tag name status exit submit start "
+    "complete duration realtime %cpu %mem rss vmem peak_rss peak_vmem rchar wchar syscr "
+    "syscw read_bytes write_bytes attempt workdir script scratch queue cpus memory disk "
+    "time env error_action vol_ctxt inv_ctxt hostname cpu_model".split()
+)
+
+
+def test_reports_are_on_and_trace_fields_are_valid():
+    config = (REPO / "nextflow.config").read_text()
+    fields = re.search(r"^\s*fields\s*=\s*'([^']+)'", config, re.M).group(1).split(",")
+    assert set(fields) <= TRACE_FIELDS, set(fields) - TRACE_FIELDS
+    assert {"process", "tag", "name", "hostname", "attempt"} <= set(fields)
+    for scope in ("timeline", "report", "trace", "dag"):
+        block = re.search(rf"^{scope} \{{(.*?)^\}}", config, re.M | re.S).group(1)
+        assert re.search(r"enabled\s*=\s*true", block), scope
+        assert "${params.outdir}/pipeline_info/" in block, scope
