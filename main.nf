@@ -41,8 +41,9 @@ workflow {
         .unique()
         .collectFile(name: 'software_versions.yml', storeDir: "${params.outdir}/pipeline_info", sort: true)
 
-    onComplete:
-    log.info(workflow.success
-        ? "virnucpro: done; results in ${params.outdir}/<sample>/, reports and run_<sample>.json in ${params.outdir}/pipeline_info/"
-        : "virnucpro: failed; see ${params.outdir}/pipeline_info/ and .nextflow.log")
+    workflow.onComplete {
+        log.info(workflow.success
+            ? "virnucpro: done; results in ${params.outdir}/<sample>/, reports and run_<sample>.json in ${params.outdir}/pipeline_info/"
+            : "virnucpro: failed; see ${params.outdir}/pipeline_info/ and .nextflow.log")
+    }
 }
