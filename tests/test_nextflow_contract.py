@@ -202,3 +202,13 @@ def test_scripts_run_the_cli_and_produce_every_declared_output(render, test_para
     results = summary["prediction_results.txt"][0].read_text()
     assert results.strip(), "empty prediction_results.txt"
     assert summary["run.json"][0].read_text().lstrip().startswith("{")
+
+
+def test_file_lists_render_space_separated_as_in_nextflow(render):
+    names = ["s1.scores.json", "s1.scores.tsv", "s1.sequences.tsv"]
+    binding = {"task": task("SUMMARIZE"), "meta": {"id": "x"}, "shard_files": names}
+    script = render(MODULES["SUMMARIZE"], "SUMMARIZE", binding)["script"]
+    assert "virnucpro summarize --outdir .  " + " ".join(names) + "\n" in script
+    # indentation is stripped as Nextflow does, so the heredoc terminator is at column 0
+    assert "\nEND_VERSIONS\n" in script
+    assert "\\$" not in script and "$(virnucpro --version" in script

@@ -13,9 +13,13 @@ import nextflow.script.control.ScriptParser
 import org.codehaus.groovy.ast.stmt.BlockStatement
 import org.codehaus.groovy.ast.stmt.Statement
 
-class FileList extends ArrayList {
-    FileList(Collection c) { super(c) }
-    String toString() { join(' ') }
+// Not a List: Groovy would render a List in a GString as [a, b].
+class FileList {
+    final List items
+    FileList(List items) { this.items = items }
+    int size() { items.size() }
+    Iterator iterator() { items.iterator() }
+    String toString() { items.join(' ') }
 }
 
 // Unknown names evaluate to their own name (`emit: shards`, `path(fasta)` in inputs).
