@@ -10,6 +10,7 @@ declared name. The stub: blocks are checked the same way.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,9 @@ from pathlib import Path
 
 import pytest
 from nf_lint import REPO, Renderer, config_params, require_java_and_jar
+
+# where the virnucpro command is looked up: this Python's bin directory first
+BINPATH = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 
 MODULES = {
     "MODELS_DEMO": "modules/local/models_demo/main.nf",
@@ -63,8 +67,7 @@ class Pipeline:
 
     def __init__(self, render: Renderer, root: Path, block: str):
         self.render, self.root, self.block, self.count = render, root, block, 0
-        bindir = str(Path(sys.executable).parent)
-        self.env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+        self.env = {**os.environ, "PATH": BINPATH}
         self.env.pop("CUDA_VISIBLE_DEVICES", None)
         self.env["VIRNUCPRO_GPU_LOCK_DIR"] = str(root / "gpu-locks")
 
@@ -212,3 +215,57 @@ def test_file_lists_render_space_separated_as_in_nextflow(render):
     # indentation is stripped as Nextflow does, so the heredoc terminator is at column 0
     assert "\nEND_VERSIONS\n" in script
     assert "\\$" not in script and "$(virnucpro --version" in script
+
+
+def _cli_help(words: list[str]) -> str:
+    result = subprocess.run(
+        [shutil.which("virnucpro", path=BINPATH) or "virnucpro", *words, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"},
+    )
+    assert result.returncode == 0, f"virnucpro {' '.join(words)} --help: {result.stderr}"
+    return result.stdout
+
+
+def _ext_args_flags() -> dict[str, set[str]]:
+    """--flags that conf/modules.config passes through ext.args, by process name."""
+    text = (REPO / "conf" / "modules.config").read_text()
+    flags: dict[str, set[str]] = {}
+    for names, body in re.findall(r"withName:\s*'([^']+)'\s*\{(.*?)\n    \}", text, re.S):
+        for line in body.splitlines():
+            if "ext.args" in line:
+                for name in names.split("|"):
+                    flags.setdefault(name, set()).update(re.findall(r"--[a-z][a-z0-9-]*", line))
+    return flags
+
+
+def test_every_flag_in_the_modules_is_a_cli_option(render):
+    """Also the commands the test profile does not run (models fetch) and ext.args flags."""
+    pytest.importorskip("virnucpro.cli", reason="virnucpro CLI not importable")
+    extra = _ext_args_flags()
+    assert extra.get("EMBED_PROTEIN") == {"--esm-batch-size"}
+    for process, module in MODULES.items():
+        binding = {
+            "task": task(process),
+            "meta": {"id": "s.shard_00001", "sample": "s", "shard": "shard_00001"},
+            "fasta": "s.fa",
+            "shard": "shard_00001.fa",
+            "shard_size": 1000,
+            "chunk_size": 500,
+            "nucleotide": "shard_00001.nucleotide.fa",
+            "protein": "shard_00001.protein.faa",
+            "dnabert": "shard_00001.dnabert.safetensors",
+            "esm2": "shard_00001.esm2.safetensors",
+            "models": "models",
+            "shard_files": ["a.tsv"],
+        }
+        script = render(module, process, binding)["script"]
+        command = next(line for line in script.splitlines() if line.startswith("virnucpro "))
+        words = command.split()[1:]
+        sub = [w for w in words[:2] if not w.startswith("-")]
+        sub = sub[:2] if sub[0] == "models" else sub[:1]
+        help_text = _cli_help(sub)
+        for flag in {w for w in words if w.startswith("--")} | extra.get(process, set()):
+            assert flag in help_text, f"{process}: `virnucpro {' '.join(sub)}` has no {flag}"
