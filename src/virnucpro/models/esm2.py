@@ -1,0 +1,337 @@
+"""ESM-2, natively: the fair-esm protein language model without fair-esm.
+
+The network follows fair-esm 2.0.0, esm/model/esm2.py (`ESM2`) with its `TransformerLayer`:
+- embeddings: token embedding only (no position embeddings), with the token-dropout rescaling
+  the model was trained with: x * (1 - 0.15 * 0.8) / (1 - fraction of <mask> tokens), then
+  padding positions zeroed;
+- each layer (pre-LayerNorm): x + out_proj(attention(LN(x))), then x + fc2(GELU(fc1(LN(x))));
+  attention uses rotary position embeddings on q and k and ignores padded keys;
+- a final LayerNorm (emb_layer_norm_after) gives the representation VirNucPro pools.
+q/k/v are fused into one projection at load time. Dropout, the LM head and the contact head are
+omitted: we only need the last-layer representation at inference.
+
+The hub checkpoints (esm2_t36_3B_UR50D.pt, ...) are fairseq dicts:
+  {"model": {"encoder.sentence_encoder.layers.0.self_attn.q_proj.weight": ..., ...,
+             "encoder.lm_head.dense.weight": ...},
+   "cfg": {"model": argparse.Namespace(encoder_layers=36, encoder_embed_dim=2560, ...)}}
+with the contact-regression weights in a separate "<name>-contact-regression.pt".
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from virnucpro.errors import VirnucproError
+
+# fair-esm's ESM-1b/ESM-2 alphabet (Alphabet.from_architecture("ESM-1b")), in index order.
+PROTEIN_TOKENS: list[str] = [
+    "<cls>", "<pad>", "<eos>", "<unk>",
+    "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N", "F", "Y", "M", "H", "W",
+    "C", "X", "B", "U", "Z", "O", ".", "-",
+    "<null_1>", "<mask>",
+]  # fmt: skip
+_TOKEN_INDEX = {tok: i for i, tok in enumerate(PROTEIN_TOKENS)}
+CLS_IDX = _TOKEN_INDEX["<cls>"]
+PAD_IDX = _TOKEN_INDEX["<pad>"]
+EOS_IDX = _TOKEN_INDEX["<eos>"]
+UNK_IDX = _TOKEN_INDEX["<unk>"]
+MASK_IDX = _TOKEN_INDEX["<mask>"]
+
+# The original VirNucPro averages at most this many residues per protein.
+MEAN_WINDOW = 1024
+# Token dropout during training: 15% of tokens selected, 80% of those replaced by <mask>.
+_MASK_RATIO_TRAIN = 0.15 * 0.8
+
+_PREFIXES = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
+# Checkpoint keys we knowingly drop: the LM head, the contact head and the rotary inv_freq
+# buffers (recomputed here; fair-esm's are the same fixed formula). Anything else missing or
+# unexpected is an error.
+IGNORED_KEY_PATTERNS = (
+    re.compile(r"^lm_head\."),
+    re.compile(r"^contact_head\."),
+    re.compile(r"^layers\.\d+\.self_attn\.rot_emb\.inv_freq$"),
+)
+
+
+def tokenize_protein(seq: str) -> list[int]:
+    """Token ids <cls> + one token per residue + <eos>; letters outside the alphabet are <unk>."""
+    return [CLS_IDX, *(_TOKEN_INDEX.get(c, UNK_IDX) for c in seq), EOS_IDX]
+
+
+@dataclass(frozen=True)
+class ESM2Config:
+    """The sizes that shape the network, read from the checkpoint's cfg["model"]."""
+
+    num_layers: int
+    embed_dim: int
+    attention_heads: int
+    token_dropout: bool = True
+
+
+def _rotary_tables(seq_len: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """cos and sin (T, head_dim) of RoFormer rotary embeddings, base 10000, in float32."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, embed_dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        # SDPA's default 1/sqrt(head_dim) scale equals fair-esm scaling q before the rotation.
+        y = F.scaled_dot_product_attention(_rotate(q, cos, sin), _rotate(k, cos, sin), v, mask)
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class Layer(nn.Module):
+    def __init__(self, embed_dim: int, heads: int) -> None:
+        super().__init__()
+        self.self_attn_layer_norm = nn.LayerNorm(embed_dim)
+        self.self_attn = SelfAttention(embed_dim, heads)
+        self.final_layer_norm = nn.LayerNorm(embed_dim)
+        self.fc1 = nn.Linear(embed_dim, 4 * embed_dim)
+        self.fc2 = nn.Linear(4 * embed_dim, embed_dim)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x), cos, sin, mask)
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+
+
+class ESM2(nn.Module):
+    """The ESM-2 encoder; forward gives the last layer's representation (B, T, D)."""
+
+    def __init__(self, config: ESM2Config) -> None:
+        super().__init__()
+        if config.embed_dim % config.attention_heads:
+            raise ValueError("embed_dim must be a multiple of attention_heads")
+        self.config = config
+        self.embed_tokens = nn.Embedding(len(PROTEIN_TOKENS), config.embed_dim, PAD_IDX)
+        self.layers = nn.ModuleList(
+            Layer(config.embed_dim, config.attention_heads) for _ in range(config.num_layers)
+        )
+        self.emb_layer_norm_after = nn.LayerNorm(config.embed_dim)
+
+    def forward(self, tokens: torch.LongTensor) -> torch.Tensor:
+        """Representation after the last layer and emb_layer_norm_after, as fair-esm's
+        `representations[num_layers]`; padding is token 1."""
+        padding = tokens.eq(PAD_IDX)
+        x = self.embed_tokens(tokens)
+        if self.config.token_dropout:
+            masked = tokens.eq(MASK_IDX)
+            x = x.masked_fill(masked.unsqueeze(-1), 0.0)
+            observed = masked.sum(-1).to(x.dtype) / (~padding).sum(-1)
+            x = x * (1 - _MASK_RATIO_TRAIN) / (1 - observed)[:, None, None]
+        x = x * (~padding).unsqueeze(-1).to(x.dtype)
+
+        head_dim = self.config.embed_dim // self.config.attention_heads
+        cos, sin = (t.to(x.dtype) for t in _rotary_tables(tokens.shape[1], head_dim, x.device))
+        # True = may attend; (B, 1, 1, T) broadcasts over heads and queries. Without padding the
+        # mask is skipped so SDPA can use its fastest kernels.
+        mask = (~padding)[:, None, None, :] if padding.any() else None
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
+        return self.emb_layer_norm_after(x)
+
+
+def _read_config(path: Path, data: object) -> ESM2Config:
+    cfg = data.get("cfg") if isinstance(data, Mapping) else None
+    cfg = cfg.get("model") if isinstance(cfg, Mapping) else None
+    if cfg is None:
+        raise VirnucproError(f"{path}: not a fair-esm ESM-2 checkpoint (no cfg['model'])")
+
+    def value(name: str) -> object:
+        return cfg.get(name) if isinstance(cfg, Mapping) else getattr(cfg, name, None)
+
+    sizes = {}
+    for name in ("encoder_layers", "encoder_embed_dim", "encoder_attention_heads"):
+        v = value(name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise VirnucproError(f"{path}: cfg '{name}' must be a positive integer, got {v!r}")
+        sizes[name] = v
+    token_dropout = value("token_dropout")
+    if not isinstance(token_dropout, bool):
+        raise VirnucproError(f"{path}: cfg 'token_dropout' must be true or false")
+    if sizes["encoder_embed_dim"] % sizes["encoder_attention_heads"]:
+        raise VirnucproError(f"{path}: encoder_embed_dim is not a multiple of the head count")
+    return ESM2Config(
+        num_layers=sizes["encoder_layers"],
+        embed_dim=sizes["encoder_embed_dim"],
+        attention_heads=sizes["encoder_attention_heads"],
+        token_dropout=token_dropout,
+    )
+
+
+def _native_state_dict(path: Path, model_state: object, config: ESM2Config) -> dict:
+    """fair-esm keys -> ours: strip prefixes, drop ignored keys, fuse q/k/v; strict checks."""
+    if not isinstance(model_state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model_state.items()
+    ):
+        raise VirnucproError(f"{path}: 'model' is not a state dict of tensors")
+    state = {_PREFIXES.sub("", k): v for k, v in model_state.items()}
+    state = {k: v for k, v in state.items() if not any(p.match(k) for p in IGNORED_KEY_PATTERNS)}
+
+    expected = {"embed_tokens.weight", "emb_layer_norm_after.weight", "emb_layer_norm_after.bias"}
+    for i in range(config.num_layers):
+        expected |= {
+            f"layers.{i}.{m}.{p}"
+            for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                      "self_attn.out_proj", "self_attn_layer_norm", "final_layer_norm",
+                      "fc1", "fc2")
+            for p in ("weight", "bias")
+        }  # fmt: skip
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+    if missing:
+        raise VirnucproError(f"{path}: missing key(s) {', '.join(missing[:5])}")
+    if unexpected:
+        raise VirnucproError(f"{path}: unexpected key(s) {', '.join(unexpected[:5])}")
+
+    for i in range(config.num_layers):
+        p = f"layers.{i}.self_attn."
+        for kind in ("weight", "bias"):
+            parts = [state.pop(f"{p}{x}_proj.{kind}") for x in "qkv"]
+            if len({t.shape for t in parts}) != 1:
+                raise VirnucproError(f"{path}: {p}q/k/v_proj.{kind} shapes differ")
+            state[f"{p}qkv.{kind}"] = torch.cat(parts)
+    return state
+
+
+def load_esm2(
+    path: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> ESM2:
+    """Load a fair-esm ESM-2 checkpoint (.pt) of any size, in eval mode on device and dtype.
+
+    The file is unpickled with weights_only (plus argparse.Namespace, which the hub files'
+    cfg holds): a checkpoint cannot run code. Any problem is a one-line VirnucproError."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise VirnucproError(f"{path}: file not found") from None
+    except pickle.UnpicklingError:
+        raise VirnucproError(
+            f"{path}: holds pickled objects other than tensors and plain data; refusing to load"
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise VirnucproError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+
+    config = _read_config(path, data)
+    state = _native_state_dict(path, data.get("model"), config)
+    with torch.device("meta"):
+        model = ESM2(config)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        reason = " ".join(str(e).split())
+        raise VirnucproError(
+            f"{path}: weights do not fit the configured sizes ({reason})"
+        ) from None
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def esm2_mean_embeddings(model: ESM2, token_batch: list[list[int]]) -> torch.Tensor:
+    """Per protein, the mean last-layer representation over residues 1..min(L, 1024) (BOS and
+    EOS excluded), as float32 on the CPU, shape (B, D). The model sees the whole sequence;
+    the 1024 limit applies to the mean only (the original VirNucPro rule)."""
+    lengths = [len(t) - 2 for t in token_batch]
+    if min(lengths) < 1:
+        raise ValueError("every token list needs BOS, at least one residue and EOS")
+    device = model.embed_tokens.weight.device
+    tokens = torch.full((len(token_batch), max(lengths) + 2), PAD_IDX, dtype=torch.long)
+    for row, ids in zip(tokens, token_batch, strict=True):
+        row[: len(ids)] = torch.tensor(ids, dtype=torch.long)
+    with torch.inference_mode():
+        hidden = model(tokens.to(device))
+        means = [
+            hidden[i, 1 : 1 + min(n, MEAN_WINDOW)].float().mean(0) for i, n in enumerate(lengths)
+        ]
+        return torch.stack(means).cpu()
+
+
+def write_demo_esm2(
+    path: Path, seed: int = 0, num_layers: int = 2, embed_dim: int = 64, attention_heads: int = 4
+) -> None:
+    """Write a tiny, seeded, random-weight ESM-2 checkpoint in the hub file format, plus the
+    "<stem>-contact-regression.pt" file that fair-esm's local loader requires next to it.
+    Name it esm2_*.pt: fair-esm picks its ESM-2 loader by that prefix."""
+    path = Path(path)
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int, std: float = 0.05, mean: float = 0.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * std + mean
+
+    d, vocab = embed_dim, len(PROTEIN_TOKENS)
+    enc = "encoder.sentence_encoder."
+    embed = randn(vocab, d, std=0.5)
+    state = {f"{enc}embed_tokens.weight": embed}
+    for i in range(num_layers):
+        p = f"{enc}layers.{i}."
+        for name, n_out, n_in in (
+            ("self_attn.k_proj", d, d),
+            ("self_attn.v_proj", d, d),
+            ("self_attn.q_proj", d, d),
+            ("self_attn.out_proj", d, d),
+            ("fc1", 4 * d, d),
+            ("fc2", d, 4 * d),
+        ):
+            state[f"{p}{name}.weight"] = randn(n_out, n_in, std=1 / math.sqrt(n_in))
+            state[f"{p}{name}.bias"] = randn(n_out)
+        head_dim = d // attention_heads
+        state[f"{p}self_attn.rot_emb.inv_freq"] = 1.0 / (
+            10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+        )
+        for name in ("self_attn_layer_norm", "final_layer_norm"):
+            state[f"{p}{name}.weight"] = randn(d, std=0.1, mean=1.0)
+            state[f"{p}{name}.bias"] = randn(d, std=0.1)
+    state[f"{enc}emb_layer_norm_after.weight"] = randn(d, std=0.1, mean=1.0)
+    state[f"{enc}emb_layer_norm_after.bias"] = randn(d, std=0.1)
+    # The LM head's output weight is tied to the token embedding, as in the hub files.
+    state["encoder.lm_head.weight"] = embed
+    state["encoder.lm_head.bias"] = randn(vocab)
+    state["encoder.lm_head.dense.weight"] = randn(d, d, std=1 / math.sqrt(d))
+    state["encoder.lm_head.dense.bias"] = randn(d)
+    state["encoder.lm_head.layer_norm.weight"] = randn(d, std=0.1, mean=1.0)
+    state["encoder.lm_head.layer_norm.bias"] = randn(d, std=0.1)
+
+    cfg = argparse.Namespace(
+        arch="ESM-2",
+        encoder_layers=num_layers,
+        encoder_embed_dim=d,
+        encoder_ffn_embed_dim=4 * d,
+        encoder_attention_heads=attention_heads,
+        token_dropout=True,
+    )
+    torch.save({"model": state, "cfg": {"model": cfg}}, path)
+    regression = {
+        "contact_head.regression.weight": randn(1, num_layers * attention_heads),
+        "contact_head.regression.bias": randn(1),
+    }
+    torch.save({"model": regression}, path.with_name(f"{path.stem}-contact-regression.pt"))
