@@ -1,0 +1,122 @@
+"""Streaming FASTA reading with the input checks users need, and atomic output writing."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from virnucpro.errors import VirnucproError
+
+# IUPAC nucleotide codes plus gaps; anything else (E, F, I, L, P, Q, ...) is not DNA/RNA.
+_NON_NUCLEOTIDE = re.compile(r"[^ACGTUNRYSWKMBDHV\-.]")
+_SEQUENCE_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    sequence: str  # as written, whitespace removed
+
+
+def _open_text(path: Path):
+    try:
+        with open(path, "rb") as raw:
+            magic = raw.read(2)
+    except IsADirectoryError:
+        raise VirnucproError(f"{path}: is a directory, not a FASTA file") from None
+    except FileNotFoundError:
+        raise VirnucproError(f"{path}: no such file") from None
+    except OSError as e:
+        raise VirnucproError(f"{path}: cannot read ({e.strerror})") from None
+    if magic == b"\x1f\x8b":
+        return gzip.open(path, "rt", encoding="ascii", errors="replace", newline=None)
+    return open(path, encoding="ascii", errors="replace", newline=None)
+
+
+def read_fasta(path: Path, nucleotide: bool = True) -> Iterator[Record]:
+    """Yield the records of a FASTA file (plain or gzip) one at a time.
+
+    Checks as it goes: empty file, not FASTA, empty record or ID, duplicate IDs and,
+    with ``nucleotide``, characters that are not IUPAC nucleotide codes. Every problem
+    raises VirnucproError naming the file. Memory holds one record plus the set of IDs.
+    """
+    path = Path(path)
+    seen: dict[str, int] = {}
+    header: str | None = None
+    parts: list[str] = []
+    number = 0
+
+    def finish() -> Record:
+        record_id = header.split(maxsplit=1)[0] if header.strip() else ""
+        if not record_id:
+            raise VirnucproError(f"{path}: record {number} has an empty header (no ID)")
+        if record_id in seen:
+            raise VirnucproError(
+                f"{path}: duplicate ID '{record_id}' (records {seen[record_id]} and {number})"
+            )
+        seen[record_id] = number
+        sequence = "".join(parts)
+        if not sequence:
+            raise VirnucproError(f"{path}: record '{record_id}' has no sequence")
+        if nucleotide:
+            bad = _NON_NUCLEOTIDE.search(sequence.upper())
+            if bad:
+                raise VirnucproError(
+                    f"{path}: record '{record_id}' has '{bad.group()}', which is not a "
+                    "nucleotide code (protein or other non-nucleotide sequence?)"
+                )
+        return Record(record_id, sequence)
+
+    try:
+        with _open_text(path) as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if line.startswith(">"):
+                    if header is not None:
+                        yield finish()
+                    header, parts = line[1:].rstrip("\r\n"), []
+                    number += 1
+                elif header is None:
+                    if line.strip():
+                        raise VirnucproError(
+                            f"{path}: not FASTA (line {line_number} comes before any '>' header)"
+                        )
+                else:
+                    parts.append(_SEQUENCE_WHITESPACE.sub("", line))
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise VirnucproError(f"{path}: cannot read ({e})") from None
+    if header is None:
+        raise VirnucproError(f"{path}: empty file (no FASTA records)")
+    yield finish()
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, mode: str = "w"):
+    """Write to a temporary name beside ``path``; rename only if the block succeeds.
+
+    So a failed run never leaves a file that looks like a finished result.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, mode) as handle:
+            yield handle
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def fasta_stem(path: Path) -> str:
+    """The input's name without .gz and a FASTA extension: reads.fa.gz -> reads."""
+    name = Path(path).name
+    if name.endswith(".gz"):
+        name = name[:-3]
+    for ext in (".fasta", ".fna", ".fas", ".fa", ".faa", ".ffn"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name

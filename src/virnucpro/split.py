@@ -1,0 +1,58 @@
+"""Stage split: cut a FASTA into shards of about ``shard_size`` bases each.
+
+Shards are contiguous runs of input records in input order (records are never cut), so
+results concatenated in shard order are in input order, and names are deterministic:
+shard_00001.fa, shard_00002.fa, ...
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from virnucpro.errors import VirnucproError
+from virnucpro.fasta import Record, read_fasta
+
+DEFAULT_SHARD_SIZE = 2_000_000
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.fa"
+
+
+def group_records(records: Iterable[Record], shard_size: int) -> Iterator[list[Record]]:
+    """Greedy contiguous groups: a group closes once it holds >= shard_size bases."""
+    group: list[Record] = []
+    bases = 0
+    for record in records:
+        group.append(record)
+        bases += len(record.sequence)
+        if bases >= shard_size:
+            yield group
+            group, bases = [], 0
+    if group:
+        yield group
+
+
+def split(input_path: Path, shard_size: int, outdir: Path) -> list[Path]:
+    """Stage entry: write the shards; on any input error, write none."""
+    if shard_size < 1:
+        raise VirnucproError(f"--shard-size must be at least 1 base (got {shard_size})")
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".split-", dir=outdir))
+    try:
+        names = []
+        for index, group in enumerate(group_records(read_fasta(input_path), shard_size), 1):
+            name = shard_name(index)
+            with open(staging / name, "w") as out:
+                for record in group:
+                    out.write(f">{record.id}\n{record.sequence}\n")
+            names.append(name)
+        for name in names:
+            (staging / name).replace(outdir / name)
+        return [outdir / name for name in names]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
