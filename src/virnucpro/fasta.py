@@ -38,11 +38,12 @@ def _open_text(path: Path):
     return open(path, encoding="ascii", errors="replace", newline=None)
 
 
-def read_fasta(path: Path, nucleotide: bool = True) -> Iterator[Record]:
+def read_fasta(path: Path, nucleotide: bool = True, allow_empty: bool = False) -> Iterator[Record]:
     """Yield the records of a FASTA file (plain or gzip) one at a time.
 
     Checks as it goes: empty file, not FASTA, empty record or ID, duplicate IDs and,
-    with ``nucleotide``, characters that are not IUPAC nucleotide codes. Every problem
+    with ``nucleotide``, characters that are not IUPAC nucleotide codes. ``allow_empty``
+    accepts a zero-byte file (a prepared shard in which no frame was kept). Every problem
     raises VirnucproError naming the file. Memory holds one record plus the set of IDs.
     """
     path = Path(path)
@@ -90,6 +91,8 @@ def read_fasta(path: Path, nucleotide: bool = True) -> Iterator[Record]:
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise VirnucproError(f"{path}: cannot read ({e})") from None
     if header is None:
+        if allow_empty and path.stat().st_size == 0:
+            return
         raise VirnucproError(f"{path}: empty file (no FASTA records)")
     yield finish()
 

@@ -46,7 +46,6 @@ def read_features(path: Path) -> tuple[list[str], torch.Tensor, dict[str, str]]:
     if not path.is_file():
         raise VirnucproError(f"{path}: no such file")
     try:
-
         with safe_open(str(path), framework="pt") as handle:
             meta = dict(handle.metadata() or {})
         tensors = load_file(str(path))

@@ -64,9 +64,7 @@ def chunk_bounds(length: int, chunk_size: int) -> list[tuple[int, int]]:
 
 def translate(seq: str, frame: int) -> str:
     """Translate from offset ``frame``; codons with non-ACGT letters are dropped."""
-    return "".join(
-        CODON_TABLE.get(seq[i : i + 3], "") for i in range(frame, len(seq) - 2, 3)
-    )
+    return "".join(CODON_TABLE.get(seq[i : i + 3], "") for i in range(frame, len(seq) - 2, 3))
 
 
 def reverse_complement(seq: str) -> str:

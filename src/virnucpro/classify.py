@@ -1,0 +1,111 @@
+"""Stage classify: join the two feature files by frame ID and score every frame with the MLP.
+
+Writes P.scores.tsv (frame_id, prediction, score1, score2, in prepared order) and
+P.scores.json (what produced them: models, checksums, devices, counts, timings).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from virnucpro import __version__
+from virnucpro.errors import VirnucproError
+from virnucpro.fasta import atomic_writer
+from virnucpro.features import read_features
+from virnucpro.models.classifier import MLPClassifier
+from virnucpro.models.files import sha256
+
+SCORES_HEADER = "frame_id\tprediction\tscore1\tscore2\n"
+CLASSIFY_BATCH = 4096
+
+
+def join_features(dna_path: Path, esm_path: Path) -> tuple[list[str], torch.Tensor, dict, dict]:
+    """DNABERT-S then ESM-2 features per frame, in the DNABERT-S file's row order."""
+    dna_ids, dna, dna_meta = read_features(dna_path)
+    esm_ids, esm, esm_meta = read_features(esm_path)
+    if set(dna_ids) != set(esm_ids) or len(dna_ids) != len(esm_ids):
+        only_dna = sorted(set(dna_ids) - set(esm_ids))
+        only_esm = sorted(set(esm_ids) - set(dna_ids))
+        detail = []
+        if only_dna:
+            detail.append(f"{len(only_dna)} only in {dna_path.name} (e.g. '{only_dna[0]}')")
+        if only_esm:
+            detail.append(f"{len(only_esm)} only in {esm_path.name} (e.g. '{only_esm[0]}')")
+        if not detail:
+            detail.append("duplicate IDs")
+        raise VirnucproError(f"{esm_path}: frame IDs differ from {dna_path}: {'; '.join(detail)}")
+    position = {frame_id: row for row, frame_id in enumerate(esm_ids)}
+    esm = esm[[position[i] for i in dna_ids]] if dna_ids else esm
+    if not dna_ids:  # zero-row files carry their widths in the shape
+        return [], torch.zeros(0, dna.shape[1] + esm.shape[1]), dna_meta, esm_meta
+    return dna_ids, torch.cat([dna, esm], dim=1), dna_meta, esm_meta
+
+
+def score(model: MLPClassifier, features: torch.Tensor) -> torch.Tensor:
+    """Softmax scores (N, 2): column 0 = others (score1), column 1 = virus (score2)."""
+    with torch.inference_mode():
+        parts = [
+            torch.softmax(model(features[i : i + CLASSIFY_BATCH]), dim=1)
+            for i in range(0, features.shape[0], CLASSIFY_BATCH)
+        ]
+    return torch.cat(parts) if parts else torch.zeros(0, 2)
+
+
+def scores_prefix(dna_path: Path) -> str:
+    name = Path(dna_path).name
+    for suffix in (".dnabert.safetensors", ".safetensors"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def classify(
+    dna_path: Path,
+    esm_path: Path,
+    model: MLPClassifier,
+    classifier_path: Path,
+    chunk_size: int,
+    outdir: Path,
+) -> tuple[Path, Path]:
+    """Stage entry: frame scores of one shard."""
+    started = time.perf_counter()
+    dna_path, esm_path = Path(dna_path), Path(esm_path)
+    ids, features, dna_meta, esm_meta = join_features(dna_path, esm_path)
+    if features.shape[1] != model.input_dim:
+        raise VirnucproError(
+            f"{classifier_path}: classifier expects {model.input_dim} features, the feature "
+            f"files give {features.shape[1]} (DNABERT-S + ESM-2: wrong models for it?)"
+        )
+    probabilities = score(model, features).numpy()
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    prefix = scores_prefix(dna_path)
+    tsv, meta = outdir / f"{prefix}.scores.tsv", outdir / f"{prefix}.scores.json"
+    with atomic_writer(tsv) as out:
+        out.write(SCORES_HEADER)
+        for frame_id, (others, virus) in zip(ids, probabilities, strict=True):
+            # argmax as the original: ties go to index 0 (others)
+            label = "virus" if virus > others else "others"
+            # str() of a float32 is what the original wrote (shortest repr; f-string format is not)
+            out.write(f"{frame_id}\t{label}\t{str(np.float32(others))}\t{str(np.float32(virus))}\n")
+    record = {
+        "virnucpro_version": __version__,
+        "shard": prefix,
+        "chunk_size": chunk_size,
+        "frames_scored": len(ids),
+        "classifier": {"path": str(classifier_path), "sha256": sha256(classifier_path)},
+        "stages": {
+            "embed-dna": json.loads(dna_meta.get("info", "{}")),
+            "embed-protein": json.loads(esm_meta.get("info", "{}")),
+            "classify": {"seconds": round(time.perf_counter() - started, 3)},
+        },
+    }
+    with atomic_writer(meta) as out:
+        json.dump(record, out, indent=2)
+        out.write("\n")
+    return tsv, meta

@@ -1,0 +1,179 @@
+"""Stages embed-dna and embed-protein: mean DNABERT-S / ESM-2 features of prepared frames.
+
+Both share one loop: tokenize, sort by length, cut into batches of at most ``batch_tokens``
+padded tokens, run the model, put the rows back in file order. A CUDA out-of-memory error
+halves the budget and retries the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from virnucpro.device import DTYPES, setup
+from virnucpro.errors import VirnucproError
+from virnucpro.fasta import fasta_stem, read_fasta
+from virnucpro.features import write_features
+from virnucpro.models.dnabert import DnaBert, DnaTokenizer, dnabert_mean_embeddings, load_dnabert
+from virnucpro.models.esm2 import ESM2, esm2_mean_embeddings, load_esm2, tokenize_protein
+from virnucpro.models.files import sha256
+from virnucpro.progress import StageProgress
+
+log = logging.getLogger(__name__)
+
+BatchFn = Callable[[list[list[int]]], torch.Tensor]
+
+CPU_BATCH_TOKENS = 8192
+MAX_GPU_BATCH_TOKENS = 65536
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped longest first, so that rows x longest length <= batch_tokens
+    (a sequence longer than the budget gets a batch of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def _run_with_oom_retry(tokens: list[list[int]], run: BatchFn, budget: list[int]) -> torch.Tensor:
+    """Run one batch; on CUDA OOM halve the shared budget and run it in smaller pieces."""
+    try:
+        return run(tokens)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        if len(tokens) == 1:
+            raise VirnucproError(
+                f"out of GPU memory on a single sequence of {len(tokens[0])} tokens"
+            ) from None
+        budget[0] = max(1, budget[0] // 2)
+        log.warning("CUDA out of memory; batch budget halved to %d tokens, retrying", budget[0])
+        rows = max(1, min(len(tokens) // 2, budget[0] // max(len(t) for t in tokens)))
+        parts = [tokens[i : i + rows] for i in range(0, len(tokens), rows)]
+        return torch.cat([_run_with_oom_retry(part, run, budget) for part in parts])
+
+
+def embed_tokens(
+    tokens: list[list[int]], run: BatchFn, dim: int, batch_tokens: int, progress: StageProgress
+) -> torch.Tensor:
+    """Features (N, dim) float32 in the order of ``tokens``."""
+    budget = [batch_tokens]
+    rows: list[torch.Tensor | None] = [None] * len(tokens)
+    for batch in plan_batches([len(t) for t in tokens], batch_tokens):
+        out = _run_with_oom_retry([tokens[i] for i in batch], run, budget)
+        for i, row in zip(batch, out, strict=True):
+            rows[i] = row
+        progress.advance(len(batch))
+    return torch.stack(rows) if rows else torch.zeros(0, dim)
+
+
+def default_batch_tokens(device: torch.device, model: torch.nn.Module) -> int:
+    """Tokens per batch: fixed on CPU; on a GPU sized from free memory (about 48 bytes of
+    activations per token and hidden unit at the widest point, half the free memory)."""
+    if device.type != "cuda":
+        return CPU_BATCH_TOKENS
+    hidden = next(p for p in model.parameters() if p.ndim == 2).shape[1]
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1024, min(MAX_GPU_BATCH_TOKENS, free // 2 // (hidden * 48))))
+
+
+@dataclass
+class LoadedModel:
+    kind: str  # "dnabert" or "esm2"
+    path: Path
+    model: DnaBert | ESM2
+    tokenizer: DnaTokenizer | None
+    device: torch.device
+    precision: str
+    load_seconds: float
+
+    @property
+    def dim(self) -> int:
+        config = self.model.config
+        return config.hidden_size if self.kind == "dnabert" else config.embed_dim
+
+    def tokenize(self, sequence: str) -> list[int]:
+        if self.tokenizer is not None:
+            return self.tokenizer.encode(sequence)
+        return tokenize_protein(sequence)
+
+    def run(self, tokens: list[list[int]]) -> torch.Tensor:
+        if self.tokenizer is not None:
+            return dnabert_mean_embeddings(self.model, tokens, self.tokenizer.pad_id)
+        return esm2_mean_embeddings(self.model, tokens)
+
+
+def load_model(kind: str, path: Path, device: str = "auto", precision: str = "auto") -> LoadedModel:
+    dev, prec = setup(device, precision)
+    started = time.perf_counter()
+    if kind == "dnabert":
+        model, tokenizer = load_dnabert(path, dev, DTYPES[prec])
+    else:
+        model, tokenizer = load_esm2(path, dev, DTYPES[prec]), None
+    seconds = time.perf_counter() - started
+    log.info("%s loaded from %s in %.1f s", kind, path, seconds)
+    return LoadedModel(kind, Path(path), model, tokenizer, dev, prec, seconds)
+
+
+OUTPUT_SUFFIX = {"dnabert": ".dnabert.safetensors", "esm2": ".esm2.safetensors"}
+INPUT_SUFFIX = {"dnabert": ".nucleotide.fa", "esm2": ".protein.faa"}
+
+
+def output_path(kind: str, input_path: Path, outdir: Path) -> Path:
+    name = Path(input_path).name
+    suffix = INPUT_SUFFIX[kind]
+    prefix = name[: -len(suffix)] if name.endswith(suffix) else fasta_stem(input_path)
+    return Path(outdir) / f"{prefix}{OUTPUT_SUFFIX[kind]}"
+
+
+def embed_file(
+    loaded: LoadedModel,
+    input_path: Path,
+    outdir: Path,
+    batch_tokens: int | None = None,
+    feature_dtype: str = "float16",
+    show_progress: bool = True,
+) -> Path:
+    """Stage entry: features of every frame of a prepared file, written with their IDs.
+    An empty prepared file (no frame kept in the shard) gives a file with zero rows."""
+    input_path = Path(input_path)
+    started = time.perf_counter()
+    records = list(read_fasta(input_path, nucleotide=loaded.kind == "dnabert", allow_empty=True))
+    ids = [r.id for r in records]
+    tokens = [loaded.tokenize(r.sequence) for r in records]
+    budget = batch_tokens or default_batch_tokens(loaded.device, loaded.model)
+    label = "DNABERT-S" if loaded.kind == "dnabert" else "ESM-2"
+    with StageProgress(f"{label} {input_path.name}", len(tokens), "frames", show_progress) as p:
+        features = embed_tokens(tokens, loaded.run, loaded.dim, budget, p)
+    seconds = time.perf_counter() - started
+    n_tokens = sum(len(t) for t in tokens)
+    info = {
+        "stage": f"embed-{'dna' if loaded.kind == 'dnabert' else 'protein'}",
+        "model": str(loaded.path),
+        "model_sha256": sha256(loaded.path),
+        "device": str(loaded.device),
+        "precision": loaded.precision,
+        "batch_tokens": budget,
+        "frames": len(ids),
+        "tokens": n_tokens,
+        "load_seconds": round(loaded.load_seconds, 3),
+        "seconds": round(seconds, 3),
+    }
+    out = output_path(loaded.kind, input_path, outdir)
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    write_features(out, ids, features, {"info": json.dumps(info)}, dtype=feature_dtype)
+    log.info(
+        "%s: %d frames, %d tokens in %.1f s (%.0f tokens/s) -> %s",
+        label, len(ids), n_tokens, seconds, n_tokens / max(seconds, 1e-9), out,
+    )  # fmt: skip
+    return out

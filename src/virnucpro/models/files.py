@@ -1,0 +1,193 @@
+"""The models directory: its layout, demo models, downloads and checksums.
+
+Layout of a models directory (``--models DIR``)::
+
+    DIR/esm2.pt or DIR/esm2_*.pt         fair-esm ESM-2 checkpoint (e.g. esm2_t36_3B_UR50D.pt)
+    DIR/dnabert-s/                       DNABERT-S Hugging Face directory: config.json,
+                                         model.safetensors or pytorch_model.bin, tokenizer.json
+    DIR/classifier_300.safetensors       MLP for 300 bp chunks (state dict)
+    DIR/classifier_500.safetensors       MLP for 500 bp chunks
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from virnucpro.errors import VirnucproError
+from virnucpro.models.classifier import MLPClassifier, convert_classifier, write_classifier
+from virnucpro.models.dnabert import DnaBertConfig, write_demo_dnabert
+from virnucpro.models.esm2 import write_demo_esm2
+
+MODELS_ENV = "VIRNUCPRO_MODELS"
+DNABERT_DIRNAME = "dnabert-s"
+
+ESM2_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/esm2_t36_3B_UR50D.pt"
+DNABERT_URL = "https://huggingface.co/zhihan1996/DNABERT-S/resolve/main/"
+DNABERT_FILES = ("config.json", "tokenizer.json", "pytorch_model.bin")
+CLASSIFIER_URL = "https://raw.githubusercontent.com/Li-Jing-1997/VirNucPro/main/{size}_model.pth"
+
+
+def default_models_dir() -> Path:
+    return Path(os.environ.get(MODELS_ENV) or Path.home() / ".cache" / "virnucpro" / "models")
+
+
+def classifier_name(chunk_size: int) -> str:
+    return f"classifier_{chunk_size}.safetensors"
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    esm2: Path | None = None
+    dnabert: Path | None = None
+    classifier: Path | None = None
+
+
+def _find_esm2(directory: Path) -> Path | None:
+    if (directory / "esm2.pt").is_file():
+        return directory / "esm2.pt"
+    found = sorted(
+        p for p in directory.glob("esm2_*.pt") if not p.stem.endswith("-contact-regression")
+    )
+    return found[0] if found else None
+
+
+def resolve_models(
+    models_dir: Path | None,
+    *,
+    esm2: Path | None = None,
+    dnabert: Path | None = None,
+    classifier: Path | None = None,
+    chunk_size: int = 500,
+    need: tuple[str, ...] = ("esm2", "dnabert", "classifier"),
+) -> ModelPaths:
+    """Model paths from explicit options, else from the models directory; every needed model
+    must exist, or the error says which file is missing and how to fill the directory."""
+    explicit = {"esm2": esm2, "dnabert": dnabert, "classifier": classifier}
+    directory = Path(models_dir) if models_dir else default_models_dir()
+    resolved: dict[str, Path | None] = {}
+    for name in need:
+        if explicit[name] is not None:
+            path = Path(explicit[name])
+            if not path.exists():
+                raise VirnucproError(f"{path}: no such file or directory")
+            resolved[name] = path
+            continue
+        if not directory.is_dir():
+            hint = (
+                ""
+                if models_dir
+                else (
+                    f" (the default cache; fill it with 'virnucpro models fetch', or set "
+                    f"${MODELS_ENV} / --models, or try 'virnucpro models demo DIR')"
+                )
+            )
+            raise VirnucproError(f"{directory}: models directory not found{hint}")
+        if name == "esm2":
+            path = _find_esm2(directory)
+            if path is None:
+                raise VirnucproError(f"{directory}: models directory has no esm2.pt or esm2_*.pt")
+        elif name == "dnabert":
+            path = directory / DNABERT_DIRNAME
+            if not (path / "config.json").is_file():
+                raise VirnucproError(f"{directory}: models directory has no {DNABERT_DIRNAME}/")
+        else:
+            path = directory / classifier_name(chunk_size)
+            if not path.is_file():
+                raise VirnucproError(
+                    f"{directory}: models directory has no {classifier_name(chunk_size)}"
+                )
+        resolved[name] = path
+    return ModelPaths(**resolved)
+
+
+def sha256(path: Path) -> str:
+    """Checksum of a file, or of every file of a directory (names and contents).
+
+    A file's checksum is kept in a sidecar ``.NAME.sha256`` (with its size and mtime) where
+    the directory is writable, so multi-GB checkpoints are hashed once, not per task."""
+    path = Path(path)
+    sidecar = path.with_name(f".{path.name}.sha256")
+    stamp = f"{path.stat().st_size} {path.stat().st_mtime_ns}" if path.is_file() else ""
+    if stamp and sidecar.is_file():
+        cached_stamp, _, digest = sidecar.read_text().strip().rpartition(" ")
+        if cached_stamp == stamp:
+            return digest
+    digest = _sha256(path)
+    if stamp:
+        with contextlib.suppress(OSError):
+            sidecar.write_text(f"{stamp} {digest}\n")
+    return digest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def write_demo_models(directory: Path, seed: int = 0) -> None:
+    """Tiny seeded random-weight models in the real formats. Their scores mean nothing."""
+    import torch
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_demo_esm2(directory / "esm2.pt", seed=seed)
+    write_demo_dnabert(directory / DNABERT_DIRNAME, seed=seed)
+    dna_dim = DnaBertConfig.from_json(directory / DNABERT_DIRNAME / "config.json").hidden_size
+    esm_dim = 64  # write_demo_esm2's default embed_dim
+    for offset, size in enumerate((300, 500)):
+        torch.manual_seed(seed + 1 + offset)
+        model = MLPClassifier(dna_dim + esm_dim).eval()
+        with torch.no_grad():  # non-trivial batch-norm statistics, as a trained model has
+            model.bn1.running_mean.normal_(0, 0.1)
+            model.bn1.running_var.uniform_(0.5, 1.5)
+        write_classifier(model, directory / classifier_name(size))
+
+
+def _download(url: str, destination: Path) -> None:
+    tmp = destination.with_name(f".{destination.name}.part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out, length=1 << 20)
+        os.replace(tmp, destination)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise VirnucproError(
+            f"{url}: download failed ({reason}); without a network, copy the files into "
+            f"{destination.parent} as docs/models.md describes"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fetch_models(cache: Path) -> list[Path]:
+    """Download ESM-2 3B, DNABERT-S and the published classifiers into ``cache`` (skipping
+    files already there), converting the classifiers to safetensors."""
+    cache = Path(cache)
+    (cache / DNABERT_DIRNAME).mkdir(parents=True, exist_ok=True)
+    wanted = [(ESM2_URL, cache / Path(ESM2_URL).name)]
+    wanted += [(DNABERT_URL + name, cache / DNABERT_DIRNAME / name) for name in DNABERT_FILES]
+    for url, destination in wanted:
+        if not destination.is_file():
+            _download(url, destination)
+    for size in (300, 500):
+        target = cache / classifier_name(size)
+        if not target.is_file():
+            original = cache / f"{size}_model.pth"
+            if not original.is_file():
+                _download(CLASSIFIER_URL.format(size=size), original)
+            convert_classifier(original, target)
+    return [destination for _, destination in wanted]
