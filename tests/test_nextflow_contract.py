@@ -232,6 +232,7 @@ def _cli_help(words: list[str]) -> str:
 def _ext_args_flags() -> dict[str, set[str]]:
     """--flags that conf/modules.config passes through ext.args, by process name."""
     text = (REPO / "conf" / "modules.config").read_text()
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)  # the header comment shows an example
     flags: dict[str, set[str]] = {}
     for names, body in re.findall(r"withName:\s*'([^']+)'\s*\{(.*?)\n    \}", text, re.S):
         for line in body.splitlines():

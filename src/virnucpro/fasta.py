@@ -6,6 +6,7 @@ import contextlib
 import gzip
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,7 @@ def read_fasta(path: Path, nucleotide: bool = True, allow_empty: bool = False) -
                         )
                 else:
                     parts.append(_SEQUENCE_WHITESPACE.sub("", line))
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
         raise VirnucproError(f"{path}: cannot read ({e})") from None
     if header is None:
         if allow_empty and path.stat().st_size == 0:

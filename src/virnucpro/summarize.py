@@ -177,10 +177,11 @@ def summarize(
                 all_chunks.update(seq.chunks)
 
     with atomic_writer(paths["highestscore"]) as out:
-        out.write("Modified_ID\tIs_Virus\tmax_score_0\tmax_score_1\n")
+        # The original's pandas groupby: chunks sorted as strings, True/False per chunk.
+        out.write("Modified_ID\tIs_Virus\n")
         for chunk_id in sorted(all_chunks):
             s1, s2 = all_chunks[chunk_id]
-            out.write(f"{chunk_id}\t{s2 >= s1}\t{_fmt(s1)}\t{_fmt(s2)}\n")
+            out.write(f"{chunk_id}\t{s2 >= s1}\n")
 
     run = _run_record(metas, counts, stage_seconds, threshold, len(shards), run_info or {})
     with atomic_writer(paths["run"]) as out:
