@@ -20,6 +20,7 @@ with the contact-regression weights in a separate "<name>-contact-regression.pt"
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import pickle
 import re
@@ -27,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -78,12 +80,16 @@ class ESM2Config:
     token_dropout: bool = True
 
 
-def _rotary_tables(seq_len: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """cos and sin (T, head_dim) of RoFormer rotary embeddings, base 10000, in float32."""
+@functools.lru_cache(maxsize=128)
+def _rotary_tables(
+    seq_len: int, head_dim: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, head_dim) of RoFormer rotary embeddings, base 10000, computed in float32
+    and cast to the model's dtype (as fair-esm does); cached, since lengths repeat."""
     inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
     angles = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)
     angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos(), angles.sin()
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -151,7 +157,7 @@ class ESM2(nn.Module):
         x = x * (~padding).unsqueeze(-1).to(x.dtype)
 
         head_dim = self.config.embed_dim // self.config.attention_heads
-        cos, sin = (t.to(x.dtype) for t in _rotary_tables(tokens.shape[1], head_dim, x.device))
+        cos, sin = _rotary_tables(tokens.shape[1], head_dim, x.device, x.dtype)
         # True = may attend; (B, 1, 1, T) broadcasts over heads and queries. Without padding the
         # mask is skipped so SDPA can use its fastest kernels.
         mask = (~padding)[:, None, None, :] if padding.any() else None
@@ -261,19 +267,24 @@ def esm2_mean_embeddings(model: ESM2, token_batch: list[list[int]]) -> torch.Ten
     """Per protein, the mean last-layer representation over residues 1..min(L, 1024) (BOS and
     EOS excluded), as float32 on the CPU, shape (B, D). The model sees the whole sequence;
     the 1024 limit applies to the mean only (the original VirNucPro rule)."""
-    lengths = [len(t) - 2 for t in token_batch]
-    if min(lengths) < 1:
+    lengths = np.array([len(t) - 2 for t in token_batch])
+    if lengths.min() < 1:
         raise ValueError("every token list needs BOS, at least one residue and EOS")
     device = model.embed_tokens.weight.device
-    tokens = torch.full((len(token_batch), max(lengths) + 2), PAD_IDX, dtype=torch.long)
+    tokens = np.full((len(token_batch), lengths.max() + 2), PAD_IDX, dtype=np.int64)
     for row, ids in zip(tokens, token_batch, strict=True):
-        row[: len(ids)] = torch.tensor(ids, dtype=torch.long)
+        row[: len(ids)] = ids
+    window = np.minimum(lengths, MEAN_WINDOW)
+    positions = np.arange(tokens.shape[1])
+    weights = ((positions >= 1) & (positions <= window[:, None])) / window[:, None]
+    host_tokens = torch.from_numpy(tokens)
+    if device.type == "cuda":  # pinned: the copy to the GPU does not wait on the host
+        host_tokens = host_tokens.pin_memory()
     with torch.inference_mode():
-        hidden = model(tokens.to(device))
-        means = [
-            hidden[i, 1 : 1 + min(n, MEAN_WINDOW)].float().mean(0) for i, n in enumerate(lengths)
-        ]
-        return torch.stack(means).cpu()
+        hidden = model(host_tokens.to(device, non_blocking=True))
+        weights = torch.from_numpy(weights).to(device, torch.float32)
+        # weighted sum in float32: (B, 1, T) @ (B, T, D)
+        return torch.bmm(weights[:, None, :], hidden.float()).squeeze(1).cpu()
 
 
 def write_demo_esm2(
