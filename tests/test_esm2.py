@@ -1,6 +1,7 @@
 """Native ESM-2 against fair-esm itself: tokens, last-layer mean features, strict safe loading."""
 
 import argparse
+import os
 import pickle
 import re
 from pathlib import Path
@@ -187,3 +188,27 @@ def test_pickled_arbitrary_object_is_refused(tmp_path: Path, demo: Path) -> None
     with pytest.raises(VirnucproError, match=f"^{re.escape(str(path))}: holds pickled objects"):
         load_esm2(path)
     assert INSTANTIATED == []
+
+
+def test_load_cache_is_written_used_and_invalidated(tmp_path):
+    """The safetensors copy gives the same model; a changed checkpoint is not served stale."""
+    from virnucpro.models.esm2 import cache_path
+
+    path = tmp_path / "esm2_t2_tiny.pt"
+    write_demo_esm2(path, seed=3)
+    tokens = [tokenize_protein("MKTAYIAKQR"), tokenize_protein("GAV")]
+    first = esm2_mean_embeddings(load_esm2(path, use_cache=True), tokens)
+    cache = cache_path(path, torch.float32)
+    assert cache.is_file()
+    cache_bytes = cache.read_bytes()
+    again = esm2_mean_embeddings(load_esm2(path, use_cache=True), tokens)
+    assert torch.equal(first, again)
+    assert cache.read_bytes() == cache_bytes  # read, not rewritten
+
+    old_mtime = path.stat().st_mtime_ns
+    write_demo_esm2(path, seed=4)  # new weights, same size: only the mtime tells
+    os.utime(path, ns=(old_mtime + 10**9, old_mtime + 10**9))
+    fresh = esm2_mean_embeddings(load_esm2(path), tokens)
+    cached = esm2_mean_embeddings(load_esm2(path, use_cache=True), tokens)
+    assert torch.equal(fresh, cached)
+    assert not torch.equal(fresh, first)

@@ -119,7 +119,9 @@ def load_model(kind: str, path: Path, device: str = "auto", precision: str = "au
     if kind == "dnabert":
         model, tokenizer = load_dnabert(path, dev, DTYPES[prec])
     else:
-        model, tokenizer = load_esm2(path, dev, DTYPES[prec]), None
+        # On a GPU every task pays the load: keep a ready-to-load copy beside the checkpoint.
+        use_cache = dev.type == "cuda"
+        model, tokenizer = load_esm2(path, dev, DTYPES[prec], use_cache=use_cache), None
     seconds = time.perf_counter() - started
     log.info("%s loaded from %s in %.1f s", kind, path, seconds)
     return LoadedModel(kind, Path(path), model, tokenizer, dev, prec, seconds)

@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
+import os
 import pickle
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from virnucpro.errors import VirnucproError
@@ -228,17 +232,16 @@ def _native_state_dict(path: Path, model_state: object, config: ESM2Config) -> d
     return state
 
 
-def load_esm2(
-    path: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> ESM2:
-    """Load a fair-esm ESM-2 checkpoint (.pt) of any size, in eval mode on device and dtype.
-
-    The file is unpickled with weights_only (plus argparse.Namespace, which the hub files'
-    cfg holds): a checkpoint cannot run code. Any problem is a one-line VirnucproError."""
-    path = Path(path)
+def _read_checkpoint(path: Path) -> tuple[ESM2Config, dict[str, torch.Tensor]]:
+    """Config and native (fused) state dict of a fair-esm checkpoint, read without running code."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            try:  # memory-mapped: tensors are read once, straight into their destination
+                data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                data = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
     except FileNotFoundError:
         raise VirnucproError(f"{path}: file not found") from None
     except pickle.UnpicklingError:
@@ -248,9 +251,61 @@ def load_esm2(
     except (OSError, RuntimeError, EOFError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise VirnucproError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-
     config = _read_config(path, data)
-    state = _native_state_dict(path, data.get("model"), config)
+    return config, _native_state_dict(path, data.get("model"), config)
+
+
+def cache_path(path: Path, dtype: torch.dtype) -> Path:
+    """Where the ready-to-load copy of a checkpoint in ``dtype`` lives: beside it, hidden."""
+    return path.with_name(f".{path.stem}.{str(dtype).removeprefix('torch.')}.safetensors")
+
+
+def _read_cache(path: Path, cache: Path, device: torch.device | str) -> tuple | None:
+    """(config, state) from a cache written for this very checkpoint (size and mtime match)."""
+    try:
+        with safe_open(str(cache), framework="pt", device=str(device)) as handle:
+            meta = handle.metadata() or {}
+            stat = path.stat()
+            if meta.get("source") != f"{stat.st_size} {stat.st_mtime_ns}":
+                return None
+            config = ESM2Config(**json.loads(meta["config"]))
+            return config, {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _write_cache(path: Path, cache: Path, config: ESM2Config, state: dict, dtype) -> None:
+    stat = path.stat()
+    meta = {"source": f"{stat.st_size} {stat.st_mtime_ns}", "config": json.dumps(asdict(config))}
+    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+    try:
+        save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(tmp), meta)
+        os.replace(tmp, cache)
+    except OSError:  # read-only model directory: no cache, nothing lost
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_esm2(
+    path: Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    use_cache: bool = False,
+) -> ESM2:
+    """Load a fair-esm ESM-2 checkpoint (.pt) of any size, in eval mode on device and dtype.
+
+    The file is unpickled with weights_only (plus argparse.Namespace, which the hub files'
+    cfg holds): a checkpoint cannot run code. Any problem is a one-line VirnucproError.
+    With ``use_cache``, the fused weights in ``dtype`` are also kept as a safetensors file
+    beside the checkpoint and loaded from there, straight onto the device, next time."""
+    path = Path(path)
+    cache = cache_path(path, dtype)
+    cached = _read_cache(path, cache, device) if use_cache and cache.is_file() else None
+    if cached is not None:
+        config, state = cached
+    else:
+        config, state = _read_checkpoint(path)
     with torch.device("meta"):
         model = ESM2(config)
     try:
@@ -260,6 +315,8 @@ def load_esm2(
         raise VirnucproError(
             f"{path}: weights do not fit the configured sizes ({reason})"
         ) from None
+    if use_cache and cached is None:
+        _write_cache(path, cache, config, state, dtype)
     return model.to(device=device, dtype=dtype).eval()
 
 
