@@ -1,0 +1,403 @@
+"""GPU benchmark: ESM-2 3B / DNABERT-S / predict throughput with anchors, in one run.
+
+Real-size random-weight models (cost does not depend on the values), synthetic coding-rich
+input of mixed lengths. Prints one table; writes results.json under --out.
+
+    python benchmarks/gpu_benchmark.py --out results/   # on a CUDA machine with fair-esm
+
+Anchors measured in the same run: the bf16 matmul peak, fair-esm fp32 at 2,048 tokens per
+batch (the original VirNucPro settings) and fair-esm bf16 at 2,048 and 32,768 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import argparse as _argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from synthetic import synthetic_sequence  # noqa: E402
+
+from virnucpro.classify import score  # noqa: E402
+from virnucpro.embed import embed_file, load_model  # noqa: E402
+from virnucpro.fasta import read_fasta  # noqa: E402
+from virnucpro.features import read_features  # noqa: E402
+from virnucpro.models.classifier import MLPClassifier, write_classifier  # noqa: E402
+from virnucpro.models.dnabert import DnaBert, DnaBertConfig, write_demo_dnabert  # noqa: E402
+from virnucpro.models.esm2 import (  # noqa: E402
+    esm2_mean_embeddings,
+    load_esm2,
+    tokenize_protein,
+)
+from virnucpro.prepare import prepare  # noqa: E402
+
+ESM_3B = {"layers": 36, "dim": 2560, "heads": 40}
+FLOP_PER_TOKEN_3B = 2 * 2.84e9  # 2 x parameters (matmuls); attention adds ~3% at 170 tokens
+
+
+def sync() -> None:
+    torch.cuda.synchronize()
+
+
+def matmul_peak() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync()
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(True), torch.cuda.Event(True)
+        start.record()
+        a @ b
+        end.record()
+        sync()
+        times.append(start.elapsed_time(end) / 1e3)
+    times.sort()
+    return 2 * 8192**3 / times[len(times) // 2] / 1e12
+
+
+def write_esm2_3b(path: Path) -> None:
+    """A fair-esm hub-format checkpoint of ESM-2 3B's shapes, fp16 like the hub file."""
+    d, layers, vocab = ESM_3B["dim"], ESM_3B["layers"], 33
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def rand(*shape: int, std: float) -> torch.Tensor:
+        return (torch.randn(*shape, device="cuda", generator=gen) * std).half().cpu()
+
+    enc = "encoder.sentence_encoder."
+    state = {f"{enc}embed_tokens.weight": rand(vocab, d, std=0.5)}
+    for i in range(layers):
+        p = f"{enc}layers.{i}."
+        for name, n_out, n_in in (
+            ("self_attn.q_proj", d, d),
+            ("self_attn.k_proj", d, d),
+            ("self_attn.v_proj", d, d),
+            ("self_attn.out_proj", d, d),
+            ("fc1", 4 * d, d),
+            ("fc2", d, 4 * d),
+        ):
+            state[f"{p}{name}.weight"] = rand(n_out, n_in, std=1 / math.sqrt(n_in))
+            state[f"{p}{name}.bias"] = rand(n_out, std=0.02)
+        hd = d // ESM_3B["heads"]
+        state[f"{p}self_attn.rot_emb.inv_freq"] = 1.0 / (
+            10000 ** (torch.arange(0, hd, 2).float() / hd)
+        )
+        for name in ("self_attn_layer_norm", "final_layer_norm"):
+            state[f"{p}{name}.weight"] = (1 + rand(d, std=0.1).float()).half()
+            state[f"{p}{name}.bias"] = rand(d, std=0.1)
+    state[f"{enc}emb_layer_norm_after.weight"] = (1 + rand(d, std=0.1).float()).half()
+    state[f"{enc}emb_layer_norm_after.bias"] = rand(d, std=0.1)
+    state["encoder.lm_head.weight"] = state[f"{enc}embed_tokens.weight"]
+    state["encoder.lm_head.bias"] = rand(vocab, std=0.02)
+    state["encoder.lm_head.dense.weight"] = rand(d, d, std=1 / math.sqrt(d))
+    state["encoder.lm_head.dense.bias"] = rand(d, std=0.02)
+    state["encoder.lm_head.layer_norm.weight"] = (1 + rand(d, std=0.1).float()).half()
+    state["encoder.lm_head.layer_norm.bias"] = rand(d, std=0.1)
+    cfg = _argparse.Namespace(
+        arch="ESM-2",
+        encoder_layers=layers,
+        encoder_embed_dim=d,
+        encoder_ffn_embed_dim=4 * d,
+        encoder_attention_heads=ESM_3B["heads"],
+        token_dropout=True,
+    )
+    torch.save({"model": state, "cfg": {"model": cfg}}, path)
+    regression = {
+        "contact_head.regression.weight": torch.randn(1, layers * ESM_3B["heads"]),
+        "contact_head.regression.bias": torch.randn(1),
+    }
+    torch.save({"model": regression}, path.with_name(f"{path.stem}-contact-regression.pt"))
+
+
+def write_dnabert_s(directory: Path, training_fasta: Path) -> None:
+    """DNABERT-S shapes (12 x 768, vocab 4096) with a BPE tokenizer trained on the input."""
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    write_demo_dnabert(directory)  # published config keys and file layout
+    config = json.loads((directory / "config.json").read_text())
+    config.update(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        vocab_size=4096,
+    )
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=4096, special_tokens=specials, show_progress=False)
+    sequences = [r.sequence.upper() for r in read_fasta(training_fasta)][:2000]
+    tokenizer.train_from_iterator(sequences, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", 1), ("[SEP]", 2)],
+    )
+    tokenizer.save(str(directory / "tokenizer.json"))
+    cfg = DnaBertConfig.from_json(directory / "config.json")
+    torch.manual_seed(0)
+    model = DnaBert(cfg)
+    state = {k: (torch.randn_like(v) * 0.02 + (1.0 if "LayerNorm.weight" in k else 0.0))
+             for k, v in model.state_dict().items()}  # fmt: skip
+    save_file(state, str(directory / "model.safetensors"))
+
+
+def write_input(path: Path, sequences: int, seed: int) -> None:
+    rng = random.Random(seed)
+    with open(path, "w") as out:
+        for i in range(sequences):
+            length = rng.randint(300, 3000)
+            seq = synthetic_sequence(rng, length, rng.random() < 0.9)
+            out.write(f">s{i}\n{seq}\n")
+
+
+def load_fair_esm(path: Path):
+    import esm
+
+    # the hub files hold argparse.Namespace; torch's weights_only default needs it allowlisted
+    with torch.serialization.safe_globals([_argparse.Namespace]):
+        return esm.pretrained.load_model_and_alphabet_local(str(path))
+
+
+def fair_esm_throughput(path: Path, proteins: list[str], dtype, toks_per_batch: int) -> dict:
+    """fair-esm's own model and batching (FastaBatchedDataset.get_batch_indices), timed."""
+    import esm
+
+    model, alphabet = load_fair_esm(path)
+    model = model.to("cuda", dtype).eval()
+    converter = alphabet.get_batch_converter()
+    dataset = esm.FastaBatchedDataset([str(i) for i in range(len(proteins))], proteins)
+    batches = dataset.get_batch_indices(toks_per_batch, extra_toks_per_seq=1)
+    layer = model.num_layers
+    torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        _, _, toks = converter([dataset[i] for i in batches[0]])
+        model(toks.cuda(), repr_layers=[layer])  # warm-up
+        sync()
+        started = time.perf_counter()
+        for batch in batches:
+            labels, strs, toks = converter([dataset[i] for i in batch])
+            out = model(toks.cuda(non_blocking=True), repr_layers=[layer])["representations"]
+            reps = out[layer]
+            means = [reps[i, 1 : len(s) + 1].float().mean(0) for i, s in enumerate(strs)]
+            torch.stack(means).cpu()
+        sync()
+        seconds = time.perf_counter() - started
+    tokens = sum(len(p) + 2 for p in proteins)
+    del model
+    torch.cuda.empty_cache()
+    return {"tokens_per_s": tokens / seconds, "seconds": seconds, "tokens": tokens,
+            "sequences": len(proteins),
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30}  # fmt: skip
+
+
+def product_embed(loaded, faa: Path, outdir: Path, batch: int | None) -> dict:
+    torch.cuda.reset_peak_memory_stats()
+    sync()
+    started = time.perf_counter()
+    out = embed_file(loaded, faa, outdir, batch, show_progress=False)
+    seconds = time.perf_counter() - started
+    info = json.loads(read_features(out)[2]["info"])
+    return {"tokens_per_s": info["tokens"] / seconds, "seconds": seconds,
+            "tokens": info["tokens"], "sequences": info["frames"],
+            "batch_tokens": info["batch_tokens"],
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "path": str(out)}  # fmt: skip
+
+
+def cli_start_up(esm_path: Path, faa: Path, outdir: Path) -> dict:
+    """Wall time and model load of `virnucpro embed-protein` in a fresh process."""
+    command = [sys.executable, "-m", "virnucpro", "-q", "embed-protein", str(faa), "--esm-model",
+               str(esm_path), "--device", "cuda", "--outdir", str(outdir)]  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env={**os.environ,
+                   "PYTHONPATH": str(ROOT / "src")})  # fmt: skip
+    wall = time.perf_counter() - started
+    info = json.loads(read_features(outdir / (faa.name.replace(".protein.faa", "")
+                                              + ".esm2.safetensors"))[2]["info"])  # fmt: skip
+    return {"wall_s": wall, "load_s": info["load_seconds"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/virnucpro-bench"))
+    parser.add_argument("--sequences", type=int, default=4000)
+    parser.add_argument("--skip-predict", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "gpu": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+    }
+    t = time.perf_counter()
+    results["matmul_tflops"] = matmul_peak()
+    print(f"matmul bf16 peak {results['matmul_tflops']:.0f} TFLOP/s", flush=True)
+
+    models = work / "models"
+    models.mkdir(exist_ok=True)
+    esm_path = models / "esm2_t36_3B_UR50D.pt"
+    fasta = work / "input.fa"
+    write_input(fasta, args.sequences, seed=1)
+    if not esm_path.exists():
+        write_esm2_3b(esm_path)
+    write_dnabert_s(models / "dnabert-s", fasta)
+    torch.manual_seed(0)
+    classifier = MLPClassifier(768 + 2560).eval()
+    with torch.no_grad():
+        classifier.bn1.running_var.uniform_(0.5, 1.5)
+    write_classifier(classifier, models / "classifier_500.safetensors")
+    write_classifier(classifier, models / "classifier_300.safetensors")
+    for size in (500, 300):
+        prepare(fasta, size, work / f"c{size}", "input")
+    print(f"setup {time.perf_counter() - t:.0f} s", flush=True)
+
+    faa500 = work / "c500" / "input.protein.faa"
+    proteins = [r.sequence for r in read_fasta(faa500, nucleotide=False)]
+    rng = random.Random(0)
+    sample = rng.sample(proteins, len(proteins))
+
+    # start-up of a fresh `virnucpro embed-protein` (first run writes the load cache)
+    small = work / "small.protein.faa"
+    small.write_text("".join(f">p{i}\n{p}\n" for i, p in enumerate(sample[:64])))
+    results["startup_first"] = cli_start_up(esm_path, small, work)
+    results["startup_cached"] = cli_start_up(esm_path, small, work)
+    print(f"start-up {results['startup_first']} then {results['startup_cached']}", flush=True)
+
+    # anchors: fair-esm
+    results["fair_esm_fp32_2048"] = fair_esm_throughput(esm_path, sample[:400], torch.float32,
+                                                        2048)  # fmt: skip
+    print("fair-esm fp32 2048", results["fair_esm_fp32_2048"], flush=True)
+    for toks in (2048, 32768):
+        key = f"fair_esm_bf16_{toks}"
+        results[key] = fair_esm_throughput(esm_path, sample[:3000], torch.bfloat16, toks)
+        print(key, results[key], flush=True)
+
+    # ours: the product path
+    loaded = load_model("esm2", esm_path, "cuda", "bf16")
+    for size in (500, 300):
+        faa = work / f"c{size}" / "input.protein.faa"
+        product_embed(loaded, small, work, None)  # warm-up
+        results[f"ours_esm_{size}"] = product_embed(loaded, faa, work / f"c{size}", None)
+        print(f"ours {size}", results[f"ours_esm_{size}"], flush=True)
+
+    # correctness on the 3B shapes: bf16 vs fp32 features and scores; fp32 vs fair-esm
+    check = sample[:256]
+    tokens = [tokenize_protein(p) for p in check]
+    bf16 = torch.cat([esm2_mean_embeddings(loaded.model, tokens[i : i + 64])
+                      for i in range(0, len(tokens), 64)])  # fmt: skip
+    del loaded
+    torch.cuda.empty_cache()
+    fp32_model = load_esm2(esm_path, "cuda", torch.float32)
+    fp32 = torch.cat([esm2_mean_embeddings(fp32_model, tokens[i : i + 64])
+                      for i in range(0, len(tokens), 64)])  # fmt: skip
+    del fp32_model
+    torch.cuda.empty_cache()
+    ref_model, alphabet = load_fair_esm(esm_path)
+    ref_model = ref_model.cuda().float().eval()
+    converter = alphabet.get_batch_converter()
+    ref = []
+    with torch.inference_mode():
+        for i in range(0, len(check), 64):
+            _, strs, toks = converter([(str(j), p) for j, p in enumerate(check[i : i + 64])])
+            reps = ref_model(toks.cuda(), repr_layers=[36])["representations"][36]
+            ref += [reps[k, 1 : len(s) + 1].float().mean(0).cpu() for k, s in enumerate(strs)]
+    ref = torch.stack(ref)
+    del ref_model
+    torch.cuda.empty_cache()
+    dna = torch.randn(len(check), 768)
+    p32 = score(classifier, torch.cat([dna, fp32], 1))[:, 1]
+    p16 = score(classifier, torch.cat([dna, bf16], 1))[:, 1]
+    results["correctness"] = {
+        "fp32_vs_fair_esm_max_abs": (fp32 - ref).abs().max().item(),
+        "bf16_vs_fp32_max_abs": (bf16 - fp32).abs().max().item(),
+        "bf16_vs_fp32_min_cosine": torch.cosine_similarity(bf16, fp32).min().item(),
+        "scores_bf16_vs_fp32_max_abs": (p16 - p32).abs().max().item(),
+        "calls_changed": int(((p16 > 0.5) != (p32 > 0.5)).sum()),
+        "frames": len(check),
+    }
+    print("correctness", results["correctness"], flush=True)
+
+    # DNABERT-S
+    dna_model = load_model("dnabert", models / "dnabert-s", "cuda", "bf16")
+    nuc = work / "c500" / "input.nucleotide.fa"
+    product_embed(dna_model, nuc, work / "c500", None)  # warm-up
+    results["ours_dnabert_500"] = product_embed(dna_model, nuc, work / "c500", None)
+    print("dnabert", results["ours_dnabert_500"], flush=True)
+    del dna_model
+    torch.cuda.empty_cache()
+
+    if not args.skip_predict:
+        from virnucpro.models.files import ModelPaths
+        from virnucpro.predict import predict
+
+        paths = ModelPaths(esm_path, models / "dnabert-s", models / "classifier_500.safetensors")
+        run = predict(fasta, work / "predict", paths, device="cuda", precision="bf16")
+        record = json.loads(run["run"].read_text())
+        wall = record["wall_seconds"]
+        esm_tokens = results["ours_esm_500"]["tokens"]
+        results["predict"] = {
+            "wall_s": wall["total"],
+            "load_s": wall["load_models"],
+            "esm_tokens_per_s_end_to_end": esm_tokens / (wall["total"] - wall["load_models"]),
+            "stages": wall,
+        }
+        print("predict", results["predict"], flush=True)
+
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    print_table(results)
+
+
+def print_table(r: dict) -> None:
+    ceiling = r["matmul_tflops"] * 1e12 / FLOP_PER_TOKEN_3B
+    rows = [("fair-esm fp32, 2,048 tok/batch (original)", r["fair_esm_fp32_2048"]),
+            ("fair-esm bf16, 2,048 tok/batch", r["fair_esm_bf16_2048"]),
+            ("fair-esm bf16, 32,768 tok/batch", r["fair_esm_bf16_32768"]),
+            ("virnucpro embed-protein, 500 bp frames", r["ours_esm_500"]),
+            ("virnucpro embed-protein, 300 bp frames", r["ours_esm_300"])]  # fmt: skip
+    base, best = r["fair_esm_fp32_2048"]["tokens_per_s"], r["fair_esm_bf16_32768"]["tokens_per_s"]
+    print(f"\n{r['gpu']}, torch {r['torch']}, {r['date']}")
+    print(f"bf16 matmul peak {r['matmul_tflops']:.0f} TFLOP/s -> ESM-2 3B ceiling "
+          f"{ceiling:,.0f} tokens/s")  # fmt: skip
+    print(f"{'ESM-2 3B':44} {'tokens/s':>9} {'seq/s':>7} {'%peak':>6} {'xorig':>6} "
+          f"{'xbf16':>6} {'GiB':>5}")  # fmt: skip
+    for name, m in rows:
+        tps = m["tokens_per_s"]
+        print(f"{name:44} {tps:9,.0f} {m['sequences'] / m['seconds']:7,.0f} "
+              f"{100 * tps / ceiling:5.1f}% {tps / base:6.2f} {tps / best:6.2f} "
+              f"{m['peak_gib']:5.1f}")  # fmt: skip
+    d = r["ours_dnabert_500"]
+    print(f"{'virnucpro embed-dna (DNABERT-S), 500 bp':44} {d['tokens_per_s']:9,.0f} "
+          f"{d['sequences'] / d['seconds']:7,.0f}")  # fmt: skip
+    if "predict" in r:
+        p = r["predict"]
+        ratio = p["esm_tokens_per_s_end_to_end"] / r["ours_esm_500"]["tokens_per_s"]
+        print(
+            f"predict end to end (ESM tokens/s, excl. load) "
+            f"{p['esm_tokens_per_s_end_to_end']:9,.0f}  = {100 * ratio:.0f}% of the ESM stage"
+        )
+    print(f"start-up embed-protein: first {r['startup_first']['load_s']:.1f} s load "
+          f"({r['startup_first']['wall_s']:.1f} s wall), cached "
+          f"{r['startup_cached']['load_s']:.1f} s load ({r['startup_cached']['wall_s']:.1f} s "
+          "wall)")  # fmt: skip
+    print("correctness:", json.dumps(r["correctness"]))
+
+
+if __name__ == "__main__":
+    main()
