@@ -134,8 +134,16 @@ def predict(
     device: Device = "auto",
     precision: PrecisionOpt = Precision.auto,
     shard_size: Annotated[
-        int, typer.Option(min=1, help="Bases per internal shard (bounds memory per step).")
-    ] = 2_000_000,
+        int,
+        typer.Option(
+            min=1,
+            help="Bases per internal shard: bounds memory; the next shard is prepared while "
+            "the GPU embeds this one.",
+        ),
+    ] = 500_000,
+    compile: Annotated[
+        bool, typer.Option(help="torch.compile the ESM-2 layers (GPU; costs a warm-up).")
+    ] = False,
     esm_batch_size: Annotated[
         int | None,
         typer.Option(min=1, help="ESM-2 tokens per batch. Default: sized from free GPU memory."),
@@ -173,6 +181,7 @@ def predict(
         threshold=threshold,
         feature_dtype=feature_dtype.value,
         keep_work=keep_intermediate,
+        compile=compile,
     )
 
 
@@ -221,10 +230,11 @@ def _embed(
     precision: Precision,
     batch: int | None,
     feature_dtype: FeatureDtype,
+    compile: bool = False,
 ) -> None:
     from virnucpro.embed import embed_file, load_model
 
-    loaded = load_model(kind, model_path, device, precision.value)
+    loaded = load_model(kind, model_path, device, precision.value, compile=compile)
     embed_file(loaded, input, outdir, batch, feature_dtype.value)
 
 
@@ -259,12 +269,15 @@ def embed_protein(
         typer.Option(min=1, help="Tokens per batch. Default: sized from free GPU memory."),
     ] = None,
     feature_dtype: FeatureDtypeOpt = FeatureDtype.float16,
+    compile: Annotated[
+        bool, typer.Option(help="torch.compile the layers (GPU; costs a warm-up).")
+    ] = False,
 ) -> None:
     """ESM-2 features of prepared frames -> PREFIX.esm2.safetensors."""
     from virnucpro.models.files import resolve_models
 
     path = resolve_models(models, esm2=esm_model, need=("esm2",)).esm2
-    _embed("esm2", input, outdir, path, device, precision, esm_batch_size, feature_dtype)
+    _embed("esm2", input, outdir, path, device, precision, esm_batch_size, feature_dtype, compile)
 
 
 @app.command(rich_help_panel=STAGES)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +35,32 @@ MAX_GPU_BATCH_TOKENS = 65536
 
 
 def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped longest first, so that rows x longest length <= batch_tokens
-    (a sequence longer than the budget gets a batch of its own)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= batch_tokens:
-            batches[-1].append(i)
+    """Indices grouped into batches of at most batch_tokens padded tokens, longest first.
+
+    Sequences of one length fill batches of their own, so that most batches need no padding
+    mask (the fastest attention kernels take none); the few left over from each length are
+    packed together, padded. A sequence longer than the budget gets a batch of its own."""
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        by_length[lengths[i]].append(i)
+    uniform: list[list[int]] = []
+    leftovers: list[int] = []
+    for length, group in by_length.items():
+        rows = max(1, batch_tokens // length)
+        for start in range(0, len(group), rows):
+            part = group[start : start + rows]
+            # a small remainder is better packed with other lengths than run alone
+            if len(part) == rows or len(part) * length * 8 >= batch_tokens:
+                uniform.append(part)
+            else:
+                leftovers.extend(part)
+    mixed: list[list[int]] = []
+    for i in leftovers:  # longest first, so each batch's first index is its longest
+        if mixed and lengths[mixed[-1][0]] * (len(mixed[-1]) + 1) <= batch_tokens:
+            mixed[-1].append(i)
         else:
-            batches.append([i])
-    return batches
+            mixed.append([i])
+    return sorted(uniform + mixed, key=lambda batch: -lengths[batch[0]])
 
 
 def _run_with_oom_retry(tokens: list[list[int]], run: BatchFn, budget: list[int]) -> torch.Tensor:
@@ -66,15 +83,22 @@ def _run_with_oom_retry(tokens: list[list[int]], run: BatchFn, budget: list[int]
 def embed_tokens(
     tokens: list[list[int]], run: BatchFn, dim: int, batch_tokens: int, progress: StageProgress
 ) -> torch.Tensor:
-    """Features (N, dim) float32 in the order of ``tokens``."""
+    """Features (N, dim) float32 on the CPU, in the order of ``tokens``.
+
+    ``run`` may leave its result on the GPU: batches are queued without waiting, and the
+    features come to the host once at the end, so host work overlaps the GPU's."""
+    if not tokens:
+        return torch.zeros(0, dim)
     budget = [batch_tokens]
-    rows: list[torch.Tensor | None] = [None] * len(tokens)
+    order: list[int] = []
+    outputs: list[torch.Tensor] = []
     for batch in plan_batches([len(t) for t in tokens], batch_tokens):
-        out = _run_with_oom_retry([tokens[i] for i in batch], run, budget)
-        for i, row in zip(batch, out, strict=True):
-            rows[i] = row
+        outputs.append(_run_with_oom_retry([tokens[i] for i in batch], run, budget))
+        order.extend(batch)
         progress.advance(len(batch))
-    return torch.stack(rows) if rows else torch.zeros(0, dim)
+    features = torch.empty(len(tokens), dim)
+    features[torch.tensor(order)] = torch.cat(outputs).float().cpu()
+    return features
 
 
 def default_batch_tokens(device: torch.device, model: torch.nn.Module) -> int:
@@ -102,18 +126,23 @@ class LoadedModel:
         config = self.model.config
         return config.hidden_size if self.kind == "dnabert" else config.embed_dim
 
-    def tokenize(self, sequence: str) -> list[int]:
+    def tokenize(self, sequences: list[str]) -> list[list[int]]:
         if self.tokenizer is not None:
-            return self.tokenizer.encode(sequence)
-        return tokenize_protein(sequence)
+            return self.tokenizer.encode_batch(sequences)
+        return [tokenize_protein(s) for s in sequences]
 
     def run(self, tokens: list[list[int]]) -> torch.Tensor:
+        """Features of one batch, left on the model's device."""
         if self.tokenizer is not None:
-            return dnabert_mean_embeddings(self.model, tokens, self.tokenizer.pad_id)
-        return esm2_mean_embeddings(self.model, tokens)
+            return dnabert_mean_embeddings(self.model, tokens, self.tokenizer.pad_id, False)
+        return esm2_mean_embeddings(self.model, tokens, to_cpu=False)
 
 
-def load_model(kind: str, path: Path, device: str = "auto", precision: str = "auto") -> LoadedModel:
+def load_model(
+    kind: str, path: Path, device: str = "auto", precision: str = "auto", compile: bool = False
+) -> LoadedModel:
+    """Load a model for embedding. ``compile``: each transformer layer through torch.compile
+    (identical layers share one compiled graph; dynamic shapes after the first recompile)."""
     dev, prec = setup(device, precision)
     started = time.perf_counter()
     if kind == "dnabert":
@@ -122,6 +151,10 @@ def load_model(kind: str, path: Path, device: str = "auto", precision: str = "au
         # On a GPU every task pays the load: keep a ready-to-load copy beside the checkpoint.
         use_cache = dev.type == "cuda"
         model, tokenizer = load_esm2(path, dev, DTYPES[prec], use_cache=use_cache), None
+    if compile:
+        layers = model.layers if kind == "esm2" else model.encoder.layer
+        for layer in layers:
+            layer.compile()
     seconds = time.perf_counter() - started
     log.info("%s loaded from %s in %.1f s", kind, path, seconds)
     return LoadedModel(kind, Path(path), model, tokenizer, dev, prec, seconds)
@@ -152,7 +185,7 @@ def embed_file(
     started = time.perf_counter()
     records = list(read_fasta(input_path, nucleotide=loaded.kind == "dnabert", allow_empty=True))
     ids = [r.id for r in records]
-    tokens = [loaded.tokenize(r.sequence) for r in records]
+    tokens = loaded.tokenize([r.sequence for r in records])
     budget = batch_tokens or default_batch_tokens(loaded.device, loaded.model)
     label = "DNABERT-S" if loaded.kind == "dnabert" else "ESM-2"
     with StageProgress(f"{label} {input_path.name}", len(tokens), "frames", show_progress) as p:

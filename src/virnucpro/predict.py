@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from virnucpro import __version__
@@ -23,10 +24,14 @@ from virnucpro.fasta import atomic_writer
 from virnucpro.models.classifier import load_classifier
 from virnucpro.models.files import ModelPaths
 from virnucpro.prepare import prepare, prepare_outputs
-from virnucpro.split import DEFAULT_SHARD_SIZE, split
+from virnucpro.split import split
 from virnucpro.summarize import DEFAULT_THRESHOLD, summarize
 
 log = logging.getLogger(__name__)
+
+# Smaller than the Nextflow default: here a shard is only the unit of overlap between host
+# work (prepare) and the GPU, so the first, un-overlapped shard should be short.
+PREDICT_SHARD_SIZE = 500_000
 
 
 def predict(
@@ -36,12 +41,13 @@ def predict(
     chunk_size: int = 500,
     device: str = "auto",
     precision: str = "auto",
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    shard_size: int = PREDICT_SHARD_SIZE,
     esm_batch_tokens: int | None = None,
     dna_batch_tokens: int | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     feature_dtype: str = "float16",
     keep_work: bool = False,
+    compile: bool = False,
 ) -> dict[str, Path]:
     """Whole pipeline on this machine; returns the output paths."""
     outdir = Path(outdir)
@@ -51,7 +57,7 @@ def predict(
 
     classifier = load_classifier(models.classifier)
     dna_model = load_model("dnabert", models.dnabert, device, precision)
-    esm_model = load_model("esm2", models.esm2, device, precision)
+    esm_model = load_model("esm2", models.esm2, device, precision, compile=compile)
     if dna_model.dim + esm_model.dim != classifier.input_dim:
         raise VirnucproError(
             f"{models.classifier}: classifier expects {classifier.input_dim} features, "
@@ -87,25 +93,52 @@ def _run_shards(
     wall["split"] = time.perf_counter() - t
     log.info("%s: %d shard(s) of about %d bp", input_path, len(shards), shard_size)
 
-    shard_files: list[Path] = []
-    for number, shard in enumerate(shards, start=1):
+    def prepare_shard(shard: Path) -> tuple[Path, Path, Path]:
         prefix = shard.name.removesuffix(".fa")
-        log.info("shard %d/%d (%s)", number, len(shards), prefix)
-        t = time.perf_counter()
         prepare(shard, chunk_size, work, prefix)
-        nucleotide, protein, sequences = prepare_outputs(work, prefix)
-        wall["prepare"] += time.perf_counter() - t
-        t = time.perf_counter()
-        dna = embed_file(dna_model, nucleotide, work, dna_batch_tokens, feature_dtype)
-        wall["embed-dna"] += time.perf_counter() - t
-        t = time.perf_counter()
-        esm = embed_file(esm_model, protein, work, esm_batch_tokens, feature_dtype)
-        wall["embed-protein"] += time.perf_counter() - t
-        t = time.perf_counter()
-        scores, meta = classify(dna, esm, classifier, models.classifier, chunk_size, work)
-        wall["classify"] += time.perf_counter() - t
-        shard_files += [sequences, scores, meta]
+        return prepare_outputs(work, prefix)
 
+    shard_files: list[Path] = []
+    # The next shard is prepared in a thread while the GPU embeds this one (prepare is host
+    # work; the main thread mostly waits on the GPU).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(prepare_shard, shards[0]) if shards else None
+        for number in range(1, len(shards) + 1):
+            log.info("shard %d/%d (%s)", number, len(shards), shards[number - 1].name)
+            t = time.perf_counter()
+            nucleotide, protein, sequences = pending.result()
+            wall["prepare_wait"] += time.perf_counter() - t
+            if number < len(shards):
+                pending = pool.submit(prepare_shard, shards[number])
+            shard_files += _embed_and_classify(
+                nucleotide, protein, sequences, work, dna_model, esm_model, classifier,
+                models.classifier, chunk_size, dna_batch_tokens, esm_batch_tokens,
+                feature_dtype, wall,
+            )  # fmt: skip
+    return _summarize(input_path, outdir, shard_files, shard_size, feature_dtype, threshold,
+                      dna_model, esm_model, wall)  # fmt: skip
+
+
+def _embed_and_classify(
+    nucleotide, protein, sequences, work, dna_model, esm_model, classifier, classifier_path,
+    chunk_size, dna_batch_tokens, esm_batch_tokens, feature_dtype, wall,
+) -> list[Path]:  # fmt: skip
+    t = time.perf_counter()
+    dna = embed_file(dna_model, nucleotide, work, dna_batch_tokens, feature_dtype)
+    wall["embed-dna"] += time.perf_counter() - t
+    t = time.perf_counter()
+    esm = embed_file(esm_model, protein, work, esm_batch_tokens, feature_dtype)
+    wall["embed-protein"] += time.perf_counter() - t
+    t = time.perf_counter()
+    scores, meta = classify(dna, esm, classifier, classifier_path, chunk_size, work)
+    wall["classify"] += time.perf_counter() - t
+    return [sequences, scores, meta]
+
+
+def _summarize(
+    input_path, outdir, shard_files, shard_size, feature_dtype, threshold, dna_model,
+    esm_model, wall,
+) -> dict[str, Path]:  # fmt: skip
     t = time.perf_counter()
     run_info = {
         "command": "predict",

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -198,17 +199,24 @@ class DnaBert(nn.Module):
         self.embeddings = Embeddings(cfg)
         self.encoder = Encoder(cfg)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, padded: bool | None = None
+    ) -> torch.Tensor:
         """input_ids (B, T), attention_mask (B, T) with 1 = real token -> (B, T, H).
 
         Padding keys are masked out of attention, so each real token's result equals that of
         the unpadded sequence (the original runs unpadded); padding rows come back as zeros.
+        ``padded`` says whether any row is padded, when the caller knows (no GPU sync).
         """
         x = self.embeddings(input_ids)
         keep = attention_mask.bool()
         t = input_ids.shape[1]
         bias = alibi_bias(self.config.num_attention_heads, t, x.device)
-        bias = bias.masked_fill(~keep[:, None, None, :], float("-inf")).to(x.dtype)
+        if padded is None:
+            padded = not bool(keep.all())
+        if padded:
+            bias = bias.masked_fill(~keep[:, None, None, :], float("-inf"))
+        bias = bias.to(x.dtype)
         for layer in self.encoder.layer:
             x = layer(x, bias)
         return x * keep[..., None].to(x.dtype)
@@ -239,6 +247,10 @@ class DnaTokenizer:
         A/C/G/T pieces, so other letters (lower case, N) become [UNK] unless the file normalizes.
         """
         return self._tokenizer.encode(seq).ids
+
+    def encode_batch(self, seqs: list[str]) -> list[list[int]]:
+        """encode() of many sequences, tokenized in parallel by the tokenizers library."""
+        return [encoding.ids for encoding in self._tokenizer.encode_batch(seqs)]
 
 
 def _read_state_dict(model_dir: Path) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -305,21 +317,26 @@ def load_dnabert(
 
 
 def dnabert_mean_embeddings(
-    model: DnaBert, token_batch: list[list[int]], pad_id: int
+    model: DnaBert, token_batch: list[list[int]], pad_id: int, to_cpu: bool = True
 ) -> torch.Tensor:
-    """Pad a batch of token id lists, run the model and return float32 CPU (B, H): the mean of
-    the last hidden state over every real token, [CLS] and [SEP] included (VirNucPro's rule)."""
+    """Pad a batch of token id lists, run the model and return float32 (B, H) on the CPU (or
+    left on the model's device): the mean of the last hidden state over every real token,
+    [CLS] and [SEP] included (VirNucPro's rule)."""
     device = next(model.parameters()).device
-    lengths = torch.tensor([len(ids) for ids in token_batch])
-    width = int(lengths.max())
-    input_ids = torch.full((len(token_batch), width), pad_id, dtype=torch.long)
-    for row, ids in enumerate(token_batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    mask = torch.arange(width)[None, :] < lengths[:, None]
+    lengths = np.array([len(ids) for ids in token_batch])
+    input_ids = np.full((len(token_batch), lengths.max()), pad_id, dtype=np.int64)
+    for row, ids in zip(input_ids, token_batch, strict=True):
+        row[: len(ids)] = ids
+    mask = np.arange(lengths.max())[None, :] < lengths[:, None]
+    host_ids, host_mask = torch.from_numpy(input_ids), torch.from_numpy(mask)
+    if device.type == "cuda":  # pinned: the copy to the GPU does not wait on the host
+        host_ids, host_mask = host_ids.pin_memory(), host_mask.pin_memory()
     with torch.inference_mode():
-        hidden = model(input_ids.to(device), mask.to(device)).float()
-        summed = (hidden * mask.to(device)[..., None]).sum(dim=1)
-        return (summed / lengths.to(device)[:, None]).cpu()
+        ids, keep = host_ids.to(device, non_blocking=True), host_mask.to(device, non_blocking=True)
+        hidden = model(ids, keep, padded=bool(lengths.min() != lengths.max()))
+        weights = (keep / torch.from_numpy(lengths).to(device)[:, None]).float()
+        means = torch.bmm(weights[:, None, :], hidden.float()).squeeze(1)
+        return means.cpu() if to_cpu else means
 
 
 def write_demo_dnabert(model_dir: Path, seed: int = 0) -> None:

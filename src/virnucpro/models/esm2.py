@@ -69,9 +69,16 @@ IGNORED_KEY_PATTERNS = (
 )
 
 
+_BYTE_TO_TOKEN = np.full(256, UNK_IDX, dtype=np.int64)
+for _token, _index in _TOKEN_INDEX.items():
+    if len(_token) == 1:
+        _BYTE_TO_TOKEN[ord(_token)] = _index
+
+
 def tokenize_protein(seq: str) -> list[int]:
     """Token ids <cls> + one token per residue + <eos>; letters outside the alphabet are <unk>."""
-    return [CLS_IDX, *(_TOKEN_INDEX.get(c, UNK_IDX) for c in seq), EOS_IDX]
+    residues = _BYTE_TO_TOKEN[np.frombuffer(seq.encode("latin-1", "replace"), dtype=np.uint8)]
+    return [CLS_IDX, *residues.tolist(), EOS_IDX]
 
 
 @dataclass(frozen=True)
@@ -148,9 +155,10 @@ class ESM2(nn.Module):
         )
         self.emb_layer_norm_after = nn.LayerNorm(config.embed_dim)
 
-    def forward(self, tokens: torch.LongTensor) -> torch.Tensor:
+    def forward(self, tokens: torch.LongTensor, padded: bool | None = None) -> torch.Tensor:
         """Representation after the last layer and emb_layer_norm_after, as fair-esm's
-        `representations[num_layers]`; padding is token 1."""
+        `representations[num_layers]`; padding is token 1. ``padded`` says whether any row is
+        padded, when the caller knows (saves a GPU sync per batch)."""
         padding = tokens.eq(PAD_IDX)
         x = self.embed_tokens(tokens)
         if self.config.token_dropout:
@@ -164,7 +172,9 @@ class ESM2(nn.Module):
         cos, sin = _rotary_tables(tokens.shape[1], head_dim, x.device, x.dtype)
         # True = may attend; (B, 1, 1, T) broadcasts over heads and queries. Without padding the
         # mask is skipped so SDPA can use its fastest kernels.
-        mask = (~padding)[:, None, None, :] if padding.any() else None
+        if padded is None:
+            padded = bool(padding.any())
+        mask = (~padding)[:, None, None, :] if padded else None
         for layer in self.layers:
             x = layer(x, cos, sin, mask)
         return self.emb_layer_norm_after(x)
@@ -320,10 +330,13 @@ def load_esm2(
     return model.to(device=device, dtype=dtype).eval()
 
 
-def esm2_mean_embeddings(model: ESM2, token_batch: list[list[int]]) -> torch.Tensor:
+def esm2_mean_embeddings(
+    model: ESM2, token_batch: list[list[int]], to_cpu: bool = True
+) -> torch.Tensor:
     """Per protein, the mean last-layer representation over residues 1..min(L, 1024) (BOS and
-    EOS excluded), as float32 on the CPU, shape (B, D). The model sees the whole sequence;
-    the 1024 limit applies to the mean only (the original VirNucPro rule)."""
+    EOS excluded), as float32, shape (B, D), on the CPU (or left on the model's device, so the
+    caller can queue more work before waiting). The model sees the whole sequence; the 1024
+    limit applies to the mean only (the original VirNucPro rule)."""
     lengths = np.array([len(t) - 2 for t in token_batch])
     if lengths.min() < 1:
         raise ValueError("every token list needs BOS, at least one residue and EOS")
@@ -338,10 +351,12 @@ def esm2_mean_embeddings(model: ESM2, token_batch: list[list[int]]) -> torch.Ten
     if device.type == "cuda":  # pinned: the copy to the GPU does not wait on the host
         host_tokens = host_tokens.pin_memory()
     with torch.inference_mode():
-        hidden = model(host_tokens.to(device, non_blocking=True))
+        padded = bool(lengths.min() != lengths.max())
+        hidden = model(host_tokens.to(device, non_blocking=True), padded)
         weights = torch.from_numpy(weights).to(device, torch.float32)
         # weighted sum in float32: (B, 1, T) @ (B, T, D)
-        return torch.bmm(weights[:, None, :], hidden.float()).squeeze(1).cpu()
+        means = torch.bmm(weights[:, None, :], hidden.float()).squeeze(1)
+        return means.cpu() if to_cpu else means
 
 
 def write_demo_esm2(

@@ -108,33 +108,31 @@ def resolve_models(
 
 
 def sha256(path: Path) -> str:
-    """Checksum of a file, or of every file of a directory (names and contents).
+    """Checksum of a file; of a directory, the checksum of its files' names and checksums
+    (hidden files skipped).
 
     A file's checksum is kept in a sidecar ``.NAME.sha256`` (with its size and mtime) where
     the directory is writable, so multi-GB checkpoints are hashed once, not per task."""
     path = Path(path)
+    if path.is_dir():
+        listing = "".join(
+            f"{file.relative_to(path).as_posix()}\0{sha256(file)}\n"
+            for file in sorted(path.rglob("*"))
+            if file.is_file() and not file.name.startswith(".")
+        )
+        return hashlib.sha256(listing.encode()).hexdigest()
     sidecar = path.with_name(f".{path.name}.sha256")
-    stamp = f"{path.stat().st_size} {path.stat().st_mtime_ns}" if path.is_file() else ""
-    if stamp and sidecar.is_file():
+    stamp = f"{path.stat().st_size} {path.stat().st_mtime_ns}"
+    if sidecar.is_file():
         cached_stamp, _, digest = sidecar.read_text().strip().rpartition(" ")
         if cached_stamp == stamp:
             return digest
-    digest = _sha256(path)
-    if stamp:
-        with contextlib.suppress(OSError):
-            sidecar.write_text(f"{stamp} {digest}\n")
-    return digest
-
-
-def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with open(file, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    with contextlib.suppress(OSError):
+        sidecar.write_text(f"{stamp} {digest.hexdigest()}\n")
     return digest.hexdigest()
 
 
