@@ -8,7 +8,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from virnucpro import __version__
@@ -359,17 +358,14 @@ def convert_classifier(
 
 
 def main() -> None:
-    """Entry point: one-line errors with exit status 2, no tracebacks for user errors."""
+    """Entry point: one-line errors with exit status 2, no tracebacks for user errors.
+
+    Usage errors are click's own (message and exit status 2, standalone mode)."""
     try:
-        app(standalone_mode=False)
+        app()
     except VirnucproError as e:
         print(f"virnucpro: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         print("virnucpro: interrupted", file=sys.stderr)
         sys.exit(130)
