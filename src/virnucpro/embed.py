@@ -35,26 +35,40 @@ MAX_GPU_BATCH_TOKENS = 65536
 
 
 def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped into batches of one length each, at most batch_tokens tokens per batch
-    (a sequence longer than the budget gets a batch of its own), longest first.
+    """Indices grouped into batches of at most batch_tokens padded tokens, longest first.
 
-    Batches never mix lengths, so they need no padding and no attention mask: the fastest
-    attention kernels take none, and a masked batch measured up to 2x slower per token."""
+    Sequences of one length fill batches of their own, which need no padding mask (the
+    fastest attention kernels, and the compiled layers, take none). What is left of each
+    length when it cannot fill an eighth of a batch is packed with other lengths, padded:
+    many tiny batches would leave the GPU idle between launches. A sequence longer than the
+    budget gets a batch of its own."""
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, length in enumerate(lengths):
         by_length[length].append(i)
-    batches = []
+    batches: list[list[int]] = []
+    leftovers: list[int] = []
     for length in sorted(by_length, reverse=True):
         group, rows = by_length[length], max(1, batch_tokens // length)
-        batches += [group[start : start + rows] for start in range(0, len(group), rows)]
-    return batches
+        for start in range(0, len(group), rows):
+            part = group[start : start + rows]
+            if len(part) == rows or len(part) * length * 8 >= batch_tokens:
+                batches.append(part)
+            else:
+                leftovers.extend(part)
+    mixed: list[list[int]] = []
+    for i in leftovers:  # longest first: each batch's first index is its longest
+        if mixed and lengths[mixed[-1][0]] * (len(mixed[-1]) + 1) <= batch_tokens:
+            mixed[-1].append(i)
+        else:
+            mixed.append([i])
+    return sorted(batches + mixed, key=lambda batch: -lengths[batch[0]])
 
 
 def _run_with_oom_retry(tokens: list[list[int]], run: BatchFn, budget: list[int]) -> torch.Tensor:
     """Run one batch in pieces of at most budget[0] padded tokens. On CUDA out-of-memory the
     shared budget drops to half the failing piece and the rest goes on in smaller pieces;
     later batches keep the smaller budget."""
-    longest = max(len(t) for t in tokens)
+    longest = max(len(t) for t in tokens)  # batches are sorted longest first
     outputs, start = [], 0
     while start < len(tokens):
         part = tokens[start : start + max(1, budget[0] // longest)]

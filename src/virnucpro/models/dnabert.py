@@ -218,7 +218,8 @@ class DnaBert(nn.Module):
             bias = bias.masked_fill(~keep[:, None, None, :], float("-inf"))
         bias = bias.to(x.dtype)
         for layer in self.encoder.layer:
-            x = layer(x, bias)
+            # as in ESM2: compiled layers for unpadded batches, eager forward for padded ones
+            x = layer.forward(x, bias) if padded else layer(x, bias)
         return x * keep[..., None].to(x.dtype)
 
 

@@ -176,7 +176,9 @@ class ESM2(nn.Module):
             padded = bool(padding.any())
         mask = (~padding)[:, None, None, :] if padded else None
         for layer in self.layers:
-            x = layer(x, cos, sin, mask)
+            # A compiled layer runs only unpadded batches; padded ones take the eager
+            # forward, so that the mask never adds compiled variants.
+            x = layer(x, cos, sin, None) if mask is None else layer.forward(x, cos, sin, mask)
         return self.emb_layer_norm_after(x)
 
 
