@@ -189,7 +189,7 @@ def split(
     input: Annotated[Path, typer.Argument(help="Nucleotide FASTA (plain or .gz).")],
     shard_size: Annotated[
         int, typer.Option("--shard-size", min=1, help="Bases per shard (records are never cut).")
-    ] = 2_000_000,
+    ] = 20_000_000,
     outdir: Outdir = Path("shards"),
 ) -> None:
     """Cut a FASTA into length-balanced shards: shard_00001.fa, shard_00002.fa, ..."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from virnucpro.errors import VirnucproError
 from virnucpro.fasta import Record, read_fasta
 
-DEFAULT_SHARD_SIZE = 2_000_000
+DEFAULT_SHARD_SIZE = 20_000_000  # docs/usage.md: GPU task start-up vs. work
 
 
 def shard_name(index: int) -> str:
