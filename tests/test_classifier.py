@@ -213,3 +213,38 @@ def test_original_that_is_not_a_classifier(tmp_path):
     torch.save(torch.zeros(3), path)
     with pytest.raises(VirnucproError, match="not a classifier"):
         read_original_classifier(path)
+
+
+def test_models_fetch_downloads_and_converts(tmp_path, monkeypatch):
+    """fetch with the download addresses pointed at local files (no network here): every
+    file lands in the layout resolve_models expects and the classifiers are converted."""
+    from virnucpro.models import files
+
+    source = tmp_path / "source"
+    files.write_demo_models(source)
+    (source / "esm2_t36_3B_UR50D.pt").write_bytes((source / "esm2.pt").read_bytes())
+    (source / "dnabert-s" / "pytorch_model.bin").write_bytes(b"weights")
+    original = MLPClassifier(112).eval()
+    for size in (300, 500):
+        torch.save(original.state_dict(), source / f"{size}_model.pth")
+    monkeypatch.setattr(files, "ESM2_URL", (source / "esm2_t36_3B_UR50D.pt").as_uri())
+    monkeypatch.setattr(files, "DNABERT_URL", (source / "dnabert-s").as_uri() + "/")
+    monkeypatch.setattr(files, "CLASSIFIER_URL", source.as_uri() + "/{size}_model.pth")
+
+    cache = tmp_path / "cache"
+    files.fetch_models(cache)
+    paths = files.resolve_models(cache, chunk_size=300)
+    assert paths.esm2.name == "esm2_t36_3B_UR50D.pt"
+    assert (paths.dnabert / "pytorch_model.bin").read_bytes() == b"weights"
+    converted = load_classifier(paths.classifier)
+    for key, value in original.state_dict().items():
+        assert torch.equal(converted.state_dict()[key], value)
+
+
+def test_models_fetch_without_network_says_what_to_do(tmp_path, monkeypatch):
+    from virnucpro.models import files
+
+    monkeypatch.setattr(files, "ESM2_URL", (tmp_path / "nowhere" / "esm2_x.pt").as_uri())
+    with pytest.raises(VirnucproError, match="download failed.*docs/models.md"):
+        files.fetch_models(tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.pt"))  # nothing half-written
