@@ -143,6 +143,27 @@ def predict(
     compile: Annotated[
         bool, typer.Option(help="torch.compile the ESM-2 layers (GPU; costs a warm-up).")
     ] = False,
+    gpus: Annotated[
+        str | None, typer.Option(help="Use only these GPUs, e.g. 0,2. Default: every visible GPU.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes on a machine without GPUs.")
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="CPU threads per worker. Default: the cores divided among the workers. "
+            "Results are bit-identical for any --workers at the same --threads.",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Reuse the shards an earlier run of this input, models and parameters finished "
+            "(in OUTDIR/work)."
+        ),
+    ] = False,
     esm_batch_size: Annotated[
         int | None,
         typer.Option(min=1, help="ESM-2 tokens per batch. Default: sized from free GPU memory."),
@@ -156,7 +177,10 @@ def predict(
         bool, typer.Option(help="Keep shards, prepared frames and features in OUTDIR/work.")
     ] = False,
 ) -> None:
-    """Run every stage on this machine: FASTA in, viral calls out."""
+    """Run every stage on this machine, on all its GPUs: FASTA in, viral calls out.
+
+    Exit status 0: all done; 2: bad input or models (nothing written); 3: some shards failed
+    (listed in OUTDIR/failed_files.txt, their sequences 'unfinished'; rerun with --resume)."""
     from virnucpro.models.files import resolve_models
     from virnucpro.predict import predict as run_predict
 
@@ -167,7 +191,7 @@ def predict(
         classifier=classifier,
         chunk_size=int(chunk_size.value),
     )
-    run_predict(
+    result = run_predict(
         input,
         outdir,
         paths,
@@ -181,7 +205,18 @@ def predict(
         feature_dtype=feature_dtype.value,
         keep_work=keep_intermediate,
         compile=compile,
+        gpus=gpus,
+        workers=workers,
+        resume=resume,
+        threads=threads,
     )
+    if result.failed:
+        print(
+            f"virnucpro: error: {result.failed} of {result.shards} shard(s) failed; see "
+            f"{outdir / 'failed_files.txt'}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(3)
 
 
 @app.command(rich_help_panel=STAGES)

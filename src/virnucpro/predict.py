@@ -1,39 +1,68 @@
-"""virnucpro predict: every stage in one process, models loaded once.
+"""virnucpro predict: every stage on this machine, on all its GPUs.
 
-The input is split into shards in a work directory under the output directory (which also
-checks the whole input before any model is loaded). Each shard goes through prepare ->
-embed-dna -> embed-protein -> classify with the functions the CLI stage commands use, while
-the next shard is prepared in a separate process; summarize writes the outputs. The work
-directory is removed afterwards unless asked to keep it, and on failure.
+The input is split into shards in OUTDIR/work (which checks the whole input before any model
+is loaded). Worker processes, one per GPU (or --workers on the CPU), each load the models
+once and take shards from a queue: prepare -> embed-dna -> embed-protein -> classify, with
+the functions the stage commands use. summarize then writes the outputs. A shard that fails
+is listed in failed_files.txt and its sequences are `unfinished` in the summary; the other
+shards finish. With --resume, shards finished by an earlier run with the same input, models
+and parameters are reused.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
+import os
 import shutil
 import time
-from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from virnucpro import __version__
-from virnucpro.classify import classify
-from virnucpro.embed import LoadedModel, embed_file, load_model
+from virnucpro.device import describe_device, select_device, select_precision
 from virnucpro.errors import VirnucproError
 from virnucpro.fasta import atomic_writer
-from virnucpro.models.classifier import load_classifier
-from virnucpro.models.files import ModelPaths
-from virnucpro.prepare import prepare, prepare_outputs
+from virnucpro.models.files import ModelPaths, sha256
+from virnucpro.progress import StageProgress
+from virnucpro.runner import WorkerConfig, is_finished, run_shards, shard_files
 from virnucpro.split import split
 from virnucpro.summarize import DEFAULT_THRESHOLD, summarize
 
 log = logging.getLogger(__name__)
 
-# Smaller than the Nextflow default: here a shard is only the unit of overlap between host
-# work (prepare) and the GPU, so the first, un-overlapped shard should be short.
+# Smaller than the Nextflow default: here a shard is the unit of work for the queue, so
+# several per GPU keep every GPU busy to the end.
 PREDICT_SHARD_SIZE = 500_000
+FAILED_FILES = "failed_files.txt"
+
+
+@dataclass
+class PredictResult:
+    outputs: dict[str, Path]
+    failed: int
+    shards: int
+
+
+def plan_devices(device: str, gpus: str | None, workers: int | None) -> list[str]:
+    """One entry per worker: every visible GPU (or those of --gpus), else --workers CPUs."""
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus:
+        try:
+            ids = [int(part) for part in gpus.split(",") if part.strip()]
+        except ValueError:
+            raise VirnucproError(f"--gpus: expected GPU numbers like 0,2 (got '{gpus}')") from None
+        bad = [i for i in ids if not 0 <= i < visible]
+        if not ids or bad:
+            raise VirnucproError(f"--gpus {gpus}: {visible} GPU(s) visible (0..{visible - 1})")
+        return [f"cuda:{i}" for i in dict.fromkeys(ids)]
+    if device == "auto" and visible:
+        return [f"cuda:{i}" for i in range(visible)]
+    if device in ("auto", "cpu"):
+        return ["cpu"] * (workers or 1)
+    return [str(select_device(device))]
 
 
 def predict(
@@ -50,110 +79,99 @@ def predict(
     feature_dtype: str = "float16",
     keep_work: bool = False,
     compile: bool = False,
-) -> dict[str, Path]:
-    """Whole pipeline on this machine; returns the output paths."""
+    gpus: str | None = None,
+    workers: int | None = None,
+    resume: bool = False,
+    threads: int | None = None,
+) -> PredictResult:
+    """Whole pipeline on this machine; returns the outputs and how many shards failed."""
+    import torch
+
     input_path, outdir = Path(input_path), Path(outdir)
     work = outdir / "work"
-    wall: dict[str, float] = defaultdict(float)
     started = time.perf_counter()
-    if work.exists():
+    devices = plan_devices(device, gpus, workers)
+    for name in dict.fromkeys(devices):
+        dev = torch.device(name)
+        log.info("device %s, precision %s", describe_device(dev), select_precision(dev, precision))
+    if work.exists() and not resume:
         shutil.rmtree(work)
+    cleanup = not keep_work
     try:
         shards = split(input_path, shard_size, work / "shards")
-        wall["split"] = time.perf_counter() - started
-        log.info("%s: %d shard(s) of about %d bp", input_path, len(shards), shard_size)
-
+        log.info("%s: %d shard(s) of about %d bp, %d worker(s)", input_path, len(shards),
+                 shard_size, len(devices))  # fmt: skip
+        run_key = json.dumps({
+            "virnucpro": __version__,
+            "models": [sha256(p) for p in (models.esm2, models.dnabert, models.classifier)],
+            "chunk_size": chunk_size, "precision": precision, "devices": sorted(set(devices)),
+            "feature_dtype": feature_dtype,
+        }, sort_keys=True)  # fmt: skip
+        reused = [s for s in shards if resume and is_finished(work, s, run_key)]
+        pending = [s for s in shards if s not in reused]
+        if reused:
+            log.info("resume: reusing %d finished shard(s), %d to run", len(reused), len(pending))
+        config = WorkerConfig(
+            models=(models.esm2, models.dnabert, models.classifier),
+            chunk_size=chunk_size, precision=precision, work=work,
+            esm_batch_tokens=esm_batch_tokens, dna_batch_tokens=dna_batch_tokens,
+            feature_dtype=feature_dtype, compile=compile, shard_key=run_key,
+            threads=threads or max(1, (os.cpu_count() or 1) // len(devices)),
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )  # fmt: skip
         t = time.perf_counter()
-        classifier = load_classifier(models.classifier)
-        dna = load_model("dnabert", models.dnabert, device, precision)
-        esm = load_model("esm2", models.esm2, device, precision, compile=compile)
-        if dna.dim + esm.dim != classifier.input_dim:
-            raise VirnucproError(
-                f"{models.classifier}: classifier expects {classifier.input_dim} features, "
-                f"DNABERT-S + ESM-2 give {dna.dim} + {esm.dim}"
-            )
-        wall["load_models"] = time.perf_counter() - t
+        outcomes = {}
+        if pending:
+            with StageProgress("shards", len(pending), "shards") as progress:
+                outcomes = run_shards(pending, devices, config, progress)
+        shards_seconds = time.perf_counter() - t
 
-        shard_files: list[Path] = []
-        # prepare is pure-Python host work: a separate process keeps it from competing with
-        # this one (which feeds the GPU) for the interpreter lock.
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-            prefixes = [shard.name.removesuffix(".fa") for shard in shards]
-            pending = [
-                pool.submit(prepare, shard, chunk_size, work, prefix)
-                for shard, prefix in zip(shards, prefixes, strict=True)
-            ]
-            for number, (prefix, job) in enumerate(zip(prefixes, pending, strict=True), 1):
-                log.info("shard %d/%d (%s)", number, len(shards), prefix)
-                t = time.perf_counter()
-                job.result()
-                wall["prepare_wait"] += time.perf_counter() - t
-                nucleotide, protein, sequences = prepare_outputs(work, prefix)
-                scores, meta = _score_shard(
-                    nucleotide, protein, work, dna, esm, classifier, models.classifier,
-                    chunk_size, dna_batch_tokens, esm_batch_tokens, feature_dtype, wall,
-                )  # fmt: skip
-                shard_files += [sequences, scores, meta]
-
-        t = time.perf_counter()
+        failed = [o for o in outcomes.values() if o.failed_stage]
+        failed_path = outdir / FAILED_FILES
+        if failed:
+            with atomic_writer(failed_path) as out:
+                for o in sorted(failed, key=lambda o: o.prefix):
+                    out.write(f"{o.shard}|{o.failed_stage}|{o.error}\n")
+            cleanup = False  # keep the finished shards for --resume
+        else:
+            failed_path.unlink(missing_ok=True)
+        finished = [s for s in shards if s not in {o.shard for o in failed}]
+        files = [f for s in finished for f in shard_files(work, s.name.removesuffix(".fa"))]
         run_info = {
             "command": "predict",
             "input": str(input_path),
             "parameters": {
-                "shard_size": shard_size,
-                "feature_dtype": feature_dtype,
-                "precision_requested": precision,
-                "device_requested": device,
-                "compile": compile,
+                "shard_size": shard_size, "feature_dtype": feature_dtype,
+                "precision_requested": precision, "device_requested": device,
+                "workers": devices, "threads": config.threads, "compile": compile,
+                "resume": resume,
             },
-            "load_seconds": {
-                "dnabert": round(dna.load_seconds, 3),
-                "esm2": round(esm.load_seconds, 3),
-            },
-        }
-        paths = summarize(shard_files, outdir, threshold, run_info)
-        wall["summarize"] = time.perf_counter() - t
-        wall["total"] = time.perf_counter() - started
-        _add_wall_times(paths["run"], wall)
+            "shards_reused": len(reused),
+            "shards_failed": len(failed),
+            "shard_seconds": {o.prefix: o.stats for o in outcomes.values() if o.stats},
+        }  # fmt: skip
+        paths = summarize(files, outdir, threshold, run_info, [o.shard for o in failed])
+        _add_wall_times(paths["run"], {
+            "split_and_shards": round(shards_seconds, 3),
+            "total": round(time.perf_counter() - started, 3),
+        })  # fmt: skip
+    except KeyboardInterrupt:
+        cleanup = False  # interrupted: keep the finished shards for --resume
+        raise
     finally:
-        if not keep_work:  # intermediate files must not be mistaken for results
+        if cleanup:  # intermediate files must not be mistaken for results
             shutil.rmtree(work, ignore_errors=True)
-    log.info("virnucpro %s: outputs in %s (%.1f s)", __version__, outdir, wall["total"])
-    return paths
-
-
-def _score_shard(
-    nucleotide: Path,
-    protein: Path,
-    work: Path,
-    dna: LoadedModel,
-    esm: LoadedModel,
-    classifier,
-    classifier_path: Path,
-    chunk_size: int,
-    dna_batch_tokens: int | None,
-    esm_batch_tokens: int | None,
-    feature_dtype: str,
-    wall: dict[str, float],
-) -> tuple[Path, Path]:
-    """embed-dna, embed-protein and classify of one prepared shard."""
-    t = time.perf_counter()
-    dna_features = embed_file(dna, nucleotide, work, dna_batch_tokens, feature_dtype)
-    wall["embed-dna"] += time.perf_counter() - t
-    t = time.perf_counter()
-    esm_features = embed_file(esm, protein, work, esm_batch_tokens, feature_dtype)
-    wall["embed-protein"] += time.perf_counter() - t
-    t = time.perf_counter()
-    result = classify(dna_features, esm_features, classifier, classifier_path, chunk_size, work)
-    wall["classify"] += time.perf_counter() - t
-    return result
+    if failed:
+        log.error("%d of %d shard(s) failed: %s", len(failed), len(shards), failed_path)
+    log.info("virnucpro %s: outputs in %s (%.1f s)", __version__, outdir,
+             time.perf_counter() - started)  # fmt: skip
+    return PredictResult(paths, len(failed), len(shards))
 
 
 def _add_wall_times(run_json: Path, wall: dict[str, float]) -> None:
-    """Wall time per stage, known only once summarize has written run.json."""
+    """Wall times, known only once summarize has written run.json."""
     record = json.loads(run_json.read_text())
-    record["wall_seconds"] = {k: round(v, 3) for k, v in wall.items()}
+    record["wall_seconds"] = wall
     with atomic_writer(run_json) as out:
         json.dump(record, out, indent=2)
         out.write("\n")

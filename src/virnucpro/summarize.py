@@ -19,7 +19,7 @@ import numpy as np
 from virnucpro import __version__
 from virnucpro.classify import SCORES_HEADER
 from virnucpro.errors import VirnucproError
-from virnucpro.fasta import atomic_writer
+from virnucpro.fasta import atomic_writer, read_fasta
 from virnucpro.prepare import SEQUENCES_HEADER
 
 SUFFIXES = {"sequences": ".sequences.tsv", "scores": ".scores.tsv", "meta": ".scores.json"}
@@ -34,10 +34,12 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def group_shard_files(files: list[Path]) -> list[dict[str, Path]]:
+def group_shard_files(files: list[Path], unfinished: list[Path] = ()) -> list[dict[str, Path]]:
     """{kind: path} per shard, in natural order of the shard prefix; every shard needs all
-    three files."""
+    three files, except the ``unfinished`` shard FASTAs, which stand for their sequences."""
     shards: dict[str, dict[str, Path]] = defaultdict(dict)
+    for path in map(Path, unfinished):
+        shards[path.name.removesuffix(".fa")]["unfinished"] = path
     for path in map(Path, files):
         kind = next((k for k, s in SUFFIXES.items() if path.name.endswith(s)), None)
         if kind is None:
@@ -52,6 +54,8 @@ def group_shard_files(files: list[Path]) -> list[dict[str, Path]]:
     if not shards:
         raise VirnucproError("summarize: no shard files given")
     for prefix, found in shards.items():
+        if "unfinished" in found:
+            continue
         missing = [SUFFIXES[k] for k in SUFFIXES if k not in found]
         if missing:
             raise VirnucproError(f"shard '{prefix}': missing {prefix}{missing[0]}")
@@ -103,11 +107,14 @@ def summarize(
     outdir: Path,
     threshold: float = DEFAULT_THRESHOLD,
     run_info: dict | None = None,
+    unfinished: list[Path] = (),
 ) -> dict[str, Path]:
-    """Stage entry: write the four outputs from the shards' three files each."""
+    """Stage entry: write the four outputs from the shards' three files each. Sequences of
+    ``unfinished`` shards (their FASTA files: shards that failed in predict) get summary rows
+    with the call ``unfinished`` and nothing else."""
     if not 0.0 <= threshold <= 1.0:
         raise VirnucproError(f"--threshold must be between 0 and 1 (got {threshold})")
-    shards = group_shard_files(files)
+    shards = group_shard_files(files, unfinished)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -124,6 +131,13 @@ def summarize(
         results.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
         summary.write(SUMMARY_HEADER)
         for shard in shards:
+            if "unfinished" in shard:
+                for record in read_fasta(shard["unfinished"]):
+                    summary.write(f"{record.id}\t{len(record.sequence)}\t" + "NA\t" * 7
+                                  + "unfinished\n")  # fmt: skip
+                    counts["sequences"] += 1
+                    counts["call_unfinished"] += 1
+                continue
             sequences = _rows(shard["sequences"], SEQUENCES_HEADER)
             scores = _rows(shard["scores"], SCORES_HEADER)
             try:
@@ -183,6 +197,8 @@ def summarize(
             s1, s2 = all_chunks[chunk_id]
             out.write(f"{chunk_id}\t{s2 >= s1}\n")
 
+    if not metas:
+        raise VirnucproError("no shard finished: nothing to summarize")
     run = _run_record(metas, counts, stage_seconds, threshold, len(shards), run_info or {})
     with atomic_writer(paths["run"]) as out:
         json.dump(run, out, indent=2)

@@ -1,0 +1,134 @@
+"""predict with several workers: same answer for any worker count, failures isolated and
+reported, dead workers replaced, --resume reuses only matching finished shards.
+
+The failure and crash cases use two test hooks of virnucpro.runner: VIRNUCPRO_TEST_FAIL
+("shard_00002:embed-dna" makes that shard fail at that stage) and VIRNUCPRO_TEST_CRASH
+("shard_00003" kills the worker holding that shard on its first try).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "example.fa"
+VIRNUCPRO = Path(sys.executable).parent / "virnucpro"
+RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv",
+           "virnucpro_summary.tsv")  # fmt: skip
+SHARD_SIZE = "2000"  # 7 shards of the example
+
+
+def predict(models: Path, out: Path, *extra: str, env: dict | None = None, **kwargs):
+    command = [str(VIRNUCPRO), "-q", "predict", str(EXAMPLE), "--models", str(models), "--outdir",
+               str(out), "--shard-size", SHARD_SIZE, "--threads", "1", *extra]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})}, **kwargs)  # fmt: skip
+
+
+def results(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in RESULTS}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "demo"
+    subprocess.run([str(VIRNUCPRO), "-q", "models", "demo", str(path)], check=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clean(demo, tmp_path_factory) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("clean") / "out"
+    result = predict(demo, out, "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    return results(out)
+
+
+@pytest.mark.parametrize("workers", ["2", "4"])
+def test_same_files_for_any_worker_count(demo, clean, tmp_path, workers):
+    result = predict(demo, tmp_path / "out", "--workers", workers)
+    assert result.returncode == 0, result.stderr
+    assert results(tmp_path / "out") == clean
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["parameters"]["workers"] == ["cpu"] * int(workers)
+
+
+def test_failed_shard_is_reported_and_resume_completes_it(demo, clean, tmp_path):
+    out = tmp_path / "out"
+    failed = predict(demo, out, "--workers", "2",
+                     env={"VIRNUCPRO_TEST_FAIL": "shard_00002:embed-dna"})  # fmt: skip
+    assert failed.returncode == 3, failed.stderr
+    assert "1 of 7 shard(s) failed" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    lines = (out / "failed_files.txt").read_text().splitlines()
+    assert lines == [f"{out / 'work' / 'shards' / 'shard_00002.fa'}|embed-dna|test failure"]
+
+    # the other shards are complete; shard 2's sequences are listed as unfinished
+    shard2 = {line[1:].split()[0] for line in
+              (out / "work" / "shards" / "shard_00002.fa").read_text().splitlines()
+              if line.startswith(">")}  # fmt: skip
+    clean_rows = clean["virnucpro_summary.tsv"].decode().splitlines()
+    rows = (out / "virnucpro_summary.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in rows] == [r.split("\t")[0] for r in clean_rows]
+    for row, clean_row in zip(rows[1:], clean_rows[1:], strict=True):
+        if row.split("\t")[0] in shard2:
+            assert row.endswith("\tunfinished")
+        else:
+            assert row == clean_row
+
+    resumed = predict(demo, out, "--workers", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert results(out) == clean
+    assert not (out / "failed_files.txt").exists()
+    assert json.loads((out / "run.json").read_text())["shards_reused"] == 6
+
+
+def test_dead_worker_is_replaced_and_its_shard_retried(demo, clean, tmp_path):
+    result = predict(demo, tmp_path / "out", "--workers", "2",
+                     env={"VIRNUCPRO_TEST_CRASH": "shard_00003"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert results(tmp_path / "out") == clean
+
+
+def test_killed_run_resumes_to_the_same_files(demo, clean, tmp_path):
+    out = tmp_path / "out"
+    command = [str(VIRNUCPRO), "-q", "predict", str(EXAMPLE), "--models", str(demo),
+               "--outdir", str(out), "--shard-size", SHARD_SIZE, "--threads", "1",
+               "--workers", "1"]  # fmt: skip
+    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(list((out / "work").glob("*.done.json"))) < 2:
+        assert process.poll() is None, "finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "virnucpro_summary.tsv").exists()
+
+    resumed = predict(demo, out, "--workers", "1", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert results(out) == clean
+    assert json.loads((out / "run.json").read_text())["shards_reused"] >= 2
+
+
+def test_resume_ignores_shards_of_other_parameters(demo, tmp_path):
+    out = tmp_path / "out"
+    first = predict(demo, out, "--workers", "1", "--keep-intermediate")
+    assert first.returncode == 0, first.stderr
+    other = predict(demo, out, "--workers", "1", "--resume", "--chunk-size", "300")
+    assert other.returncode == 0, other.stderr
+    assert json.loads((out / "run.json").read_text())["shards_reused"] == 0
+
+
+def test_gpus_on_a_machine_without_them(demo, tmp_path):
+    result = predict(demo, tmp_path / "out", "--gpus", "0")
+    assert result.returncode == 2
+    assert result.stderr.startswith("virnucpro: error: --gpus 0: 0 GPU(s) visible")
