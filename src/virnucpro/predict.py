@@ -91,14 +91,15 @@ def predict(
     work = outdir / "work"
     started = time.perf_counter()
     devices = plan_devices(device, gpus, workers)
-    for name in dict.fromkeys(devices):
-        dev = torch.device(name)
-        log.info("device %s, precision %s", describe_device(dev), select_precision(dev, precision))
     if work.exists() and not resume:
         shutil.rmtree(work)
     cleanup = not keep_work
     try:
-        shards = split(input_path, shard_size, work / "shards")
+        shards = split(input_path, shard_size, work / "shards")  # checks the whole input
+        for name in dict.fromkeys(devices):
+            dev = torch.device(name)
+            log.info("device %s, precision %s", describe_device(dev),
+                     select_precision(dev, precision))  # fmt: skip
         log.info("%s: %d shard(s) of about %d bp, %d worker(s)", input_path, len(shards),
                  shard_size, len(devices))  # fmt: skip
         run_key = json.dumps({

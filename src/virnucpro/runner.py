@@ -108,6 +108,11 @@ def _worker(
         classifier = load_classifier(classifier_path)
         dna = load_model("dnabert", dna_path, device, config.precision)
         esm = load_model("esm2", esm_path, device, config.precision, compile=config.compile)
+        if dna.dim + esm.dim != classifier.input_dim:
+            raise VirnucproError(
+                f"{classifier_path}: classifier expects {classifier.input_dim} features, "
+                f"DNABERT-S + ESM-2 give {dna.dim} + {esm.dim}"
+            )
     except VirnucproError as e:
         results.put(("broken", name, str(e)))
         return
