@@ -362,16 +362,24 @@ def esm2_mean_embeddings(
 
 
 def write_demo_esm2(
-    path: Path, seed: int = 0, num_layers: int = 2, embed_dim: int = 64, attention_heads: int = 4
+    path: Path,
+    seed: int = 0,
+    num_layers: int = 2,
+    embed_dim: int = 64,
+    attention_heads: int = 4,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
 ) -> None:
-    """Write a tiny, seeded, random-weight ESM-2 checkpoint in the hub file format, plus the
+    """Write a seeded, random-weight ESM-2 checkpoint in the hub file format (tiny by
+    default; benchmarks write the 3B shapes in float16, drawn on the GPU), plus the
     "<stem>-contact-regression.pt" file that fair-esm's local loader requires next to it.
     Name it esm2_*.pt: fair-esm picks its ESM-2 loader by that prefix."""
     path = Path(path)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
 
     def randn(*shape: int, std: float = 0.05, mean: float = 0.0) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen) * std + mean
+        values = torch.randn(*shape, generator=gen, device=device) * std + mean
+        return values.to(dtype).cpu()
 
     d, vocab = embed_dim, len(PROTEIN_TOKENS)
     enc = "encoder.sentence_encoder."
