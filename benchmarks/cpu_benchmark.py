@@ -65,7 +65,7 @@ def main() -> None:
             work / f"s.{kind}" for kind in ("sequences.tsv", "scores.tsv", "scores.json")
         ]
         stage("summarize", "summarize", "--outdir", work / "summary", *shard_files)
-        stage("predict (all stages, one process)", "predict", fasta, "--models", models,
+        stage("predict (all stages, 1 worker)", "predict", fasta, "--models", models,
               "--device", "cpu", "--outdir", work / "predict")  # fmt: skip
         frames = sum(1 for line in open(work / "s.protein.faa") if line.startswith(">"))
         print(f"\n{args.sequences} x {args.length} bp synthetic coding sequences -> {frames} "
