@@ -24,7 +24,7 @@ from virnucpro.device import describe_device, select_device, select_precision
 from virnucpro.errors import VirnucproError
 from virnucpro.fasta import atomic_writer
 from virnucpro.models.files import ModelPaths, sha256
-from virnucpro.progress import StageProgress
+from virnucpro.progress import WorkerProgress
 from virnucpro.runner import WorkerConfig, is_finished, run_shards, shard_files
 from virnucpro.split import split
 from virnucpro.summarize import DEFAULT_THRESHOLD, summarize
@@ -123,7 +123,7 @@ def predict(
         t = time.perf_counter()
         outcomes = {}
         if pending:
-            with StageProgress("shards", len(pending), "shards") as progress:
+            with WorkerProgress(len(pending)) as progress:
                 outcomes = run_shards(pending, devices, config, progress)
         shards_seconds = time.perf_counter() - t
 

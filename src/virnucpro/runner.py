@@ -137,7 +137,7 @@ def _worker(
                 torch.cuda.reset_peak_memory_stats(esm.device)
             if fail == f"{prefix}:{stage}":
                 raise RuntimeError("test failure")
-            prepare(shard, config.chunk_size, config.work, prefix)
+            counts = prepare(shard, config.chunk_size, config.work, prefix)
             nucleotide, protein, _ = prepare_outputs(config.work, prefix)
             stage = "embed-dna"
             if fail == f"{prefix}:{stage}":
@@ -160,7 +160,8 @@ def _worker(
                 logging.getLogger("virnucpro").debug("".join(traceback.format_exception(e)))
             results.put(("failed", name, prefix, stage, message))
             continue
-        stats = {"seconds": round(time.perf_counter() - started, 3)}
+        stats = {"seconds": round(time.perf_counter() - started, 3),
+                 "sequences": counts.sequences, "frames": counts.frames_kept}  # fmt: skip
         if cuda:
             peak = torch.cuda.max_memory_allocated(esm.device)
             stats["peak_gpu_gib"] = round(peak / 2**30, 2)
@@ -206,10 +207,11 @@ def run_shards(
             holding[name] = prefix
             workers[name][2].put((str(outcomes[prefix].shard), attempt))
 
-    def finish() -> None:
+    def finish(name: str, sequences: int) -> None:
         nonlocal remaining
         remaining -= 1
-        progress.advance(1)
+        device = workers[name][1] if name in workers else "?"
+        progress.shard_done(name, device, sequences)
 
     for device in devices:
         start(device)
@@ -228,10 +230,10 @@ def run_shards(
                     prefix, stage, error = message[2:5]
                     outcomes[prefix].failed_stage, outcomes[prefix].error = stage, error
                     log.error("%s failed at %s: %s", prefix, stage, error)
-                    finish()
+                    finish(name, 0)
                 elif kind == "done":
                     outcomes[message[2]].stats = message[3]
-                    finish()
+                    finish(name, message[3]["sequences"])
                 if name in workers:
                     hand_out(name)
                 continue
@@ -252,7 +254,7 @@ def run_shards(
                     else:
                         outcome.failed_stage = "worker"
                         outcome.error = f"worker died twice (exit code {process.exitcode})"
-                        finish()
+                        finish(name, 0)
                 if remaining:
                     start(device)
     finally:
