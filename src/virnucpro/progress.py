@@ -21,6 +21,21 @@ log = logging.getLogger("virnucpro")
 LOG_EVERY_SECONDS = 10.0
 
 
+def _live_bar(unit: str) -> Progress:
+    """A started rich display: description, bar, done/total, unit, elapsed, ETA."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+    bar.start()
+    return bar
+
+
 class StageProgress:
     """Counts work done in a stage: ``with StageProgress("ESM-2", total, "frames") as p:
     p.advance(n)``. Quiet when ``enabled`` is False."""
@@ -35,16 +50,7 @@ class StageProgress:
 
     def __enter__(self) -> StageProgress:
         if self._live:
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn(self.unit),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                transient=True,
-            )
-            self._bar.start()
+            self._bar = _live_bar(self.unit)
             self._task = self._bar.add_task(self.stage, total=self.total)
         return self
 
@@ -83,16 +89,7 @@ class WorkerProgress:
 
     def __enter__(self) -> WorkerProgress:
         if self._live:
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("shards {task.fields[detail]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                transient=True,
-            )
-            self._bar.start()
+            self._bar = _live_bar("shards {task.fields[detail]}")
             self._tasks["all"] = self._bar.add_task("all workers", total=self.total, detail="")
         return self
 
