@@ -96,17 +96,22 @@ def predict(
     cleanup = not keep_work
     try:
         shards = split(input_path, shard_size, work / "shards")  # checks the whole input
+        split_seconds = time.perf_counter() - started
         for name in dict.fromkeys(devices):
             dev = torch.device(name)
             log.info("device %s, precision %s", describe_device(dev),
                      select_precision(dev, precision))  # fmt: skip
         log.info("%s: %d shard(s) of about %d bp, %d worker(s)", input_path, len(shards),
                  shard_size, len(devices))  # fmt: skip
+        threads = threads or max(1, (os.cpu_count() or 1) // len(devices))
+        on_cpu = devices[0] == "cpu"
+        # What a finished shard must have been made with to be reused by --resume: anything
+        # that can change a digit of the results (on the CPU, the thread count does).
         run_key = json.dumps({
             "virnucpro": __version__,
             "models": [sha256(p) for p in (models.esm2, models.dnabert, models.classifier)],
-            "chunk_size": chunk_size, "precision": precision, "devices": sorted(set(devices)),
-            "feature_dtype": feature_dtype,
+            "chunk_size": chunk_size, "precision": precision, "feature_dtype": feature_dtype,
+            "device_type": "cpu" if on_cpu else "cuda", "threads": threads if on_cpu else None,
         }, sort_keys=True)  # fmt: skip
         reused = [s for s in shards if resume and is_finished(work, s, run_key)]
         pending = [s for s in shards if s not in reused]
@@ -117,7 +122,7 @@ def predict(
             chunk_size=chunk_size, precision=precision, work=work,
             esm_batch_tokens=esm_batch_tokens, dna_batch_tokens=dna_batch_tokens,
             feature_dtype=feature_dtype, compile=compile, shard_key=run_key,
-            threads=threads or max(1, (os.cpu_count() or 1) // len(devices)),
+            threads=threads,
             log_level=logging.getLogger().getEffectiveLevel(),
         )  # fmt: skip
         t = time.perf_counter()
@@ -153,7 +158,8 @@ def predict(
         }  # fmt: skip
         paths = summarize(files, outdir, threshold, run_info, [o.shard for o in failed])
         _add_wall_times(paths["run"], {
-            "split_and_shards": round(shards_seconds, 3),
+            "split": round(split_seconds, 3),
+            "shards": round(shards_seconds, 3),
             "total": round(time.perf_counter() - started, 3),
         })  # fmt: skip
     except KeyboardInterrupt:
