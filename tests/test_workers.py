@@ -132,3 +132,28 @@ def test_gpus_on_a_machine_without_them(demo, tmp_path):
     result = predict(demo, tmp_path / "out", "--gpus", "0")
     assert result.returncode == 2
     assert result.stderr.startswith("virnucpro: error: --gpus 0: 0 GPU(s) visible")
+
+
+def test_resume_never_mixes_files_of_an_interrupted_rerun(demo, clean, tmp_path):
+    """A shard re-run with other parameters that fails midway must not leave the old
+    'finished' marker beside its half-rewritten files."""
+    out = tmp_path / "out"
+    assert predict(demo, out, "--workers", "1", "--keep-intermediate").returncode == 0
+    other = predict(demo, out, "--workers", "1", "--resume", "--chunk-size", "300",
+                    env={"VIRNUCPRO_TEST_FAIL": "shard_00001:embed-dna"})  # fmt: skip
+    assert other.returncode == 3, other.stderr
+    again = predict(demo, out, "--workers", "1", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert results(out) == clean
+    assert json.loads((out / "run.json").read_text())["shards_reused"] == 0
+
+
+def test_every_shard_failed_writes_no_results(demo, tmp_path):
+    out = tmp_path / "out"
+    command = [str(VIRNUCPRO), "-q", "predict", str(EXAMPLE), "--models", str(demo), "--outdir",
+               str(out), "--shard-size", "1000000000", "--workers", "1"]  # fmt: skip
+    env = {**os.environ, "VIRNUCPRO_TEST_FAIL": "shard_00001:prepare"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["failed_files.txt", "work"]

@@ -28,7 +28,10 @@ def join_features(dna_path: Path, esm_path: Path) -> tuple[list[str], torch.Tens
     """DNABERT-S then ESM-2 features per frame, in the DNABERT-S file's row order."""
     dna_ids, dna, dna_meta = read_features(dna_path)
     esm_ids, esm, esm_meta = read_features(esm_path)
-    if set(dna_ids) != set(esm_ids) or len(dna_ids) != len(esm_ids):
+    for path, ids in ((dna_path, dna_ids), (esm_path, esm_ids)):
+        if len(set(ids)) != len(ids):
+            raise VirnucproError(f"{path}: duplicate frame IDs")
+    if set(dna_ids) != set(esm_ids):
         only_dna = sorted(set(dna_ids) - set(esm_ids))
         only_esm = sorted(set(esm_ids) - set(dna_ids))
         detail = []

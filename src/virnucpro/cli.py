@@ -211,6 +211,8 @@ def predict(
         threads=threads,
     )
     if result.failed:
+        if not result.outputs:
+            log.error("every shard failed: no summary written")
         print(
             f"virnucpro: error: {result.failed} of {result.shards} shard(s) failed; see "
             f"{outdir / 'failed_files.txt'}",
@@ -400,6 +402,10 @@ def main() -> None:
         app()
     except VirnucproError as e:
         print(f"virnucpro: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # e.g. an output directory that is a file, an unwritable log file
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"virnucpro: error: {where}{e.strerror or e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("virnucpro: interrupted", file=sys.stderr)

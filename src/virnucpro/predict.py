@@ -110,7 +110,8 @@ def predict(
         run_key = json.dumps({
             "virnucpro": __version__,
             "models": [sha256(p) for p in (models.esm2, models.dnabert, models.classifier)],
-            "chunk_size": chunk_size, "precision": precision, "feature_dtype": feature_dtype,
+            "chunk_size": chunk_size, "feature_dtype": feature_dtype, "compile": compile,
+            "precision": select_precision(torch.device(devices[0]), precision),
             "device_type": "cpu" if on_cpu else "cuda", "threads": threads if on_cpu else None,
         }, sort_keys=True)  # fmt: skip
         reused = [s for s in shards if resume and is_finished(work, s, run_key)]
@@ -156,14 +157,17 @@ def predict(
             "shards_failed": len(failed),
             "shard_seconds": {o.prefix: o.stats for o in outcomes.values() if o.stats},
         }  # fmt: skip
-        paths = summarize(files, outdir, threshold, run_info, [o.shard for o in failed])
-        _add_wall_times(paths["run"], {
-            "split": round(split_seconds, 3),
-            "shards": round(shards_seconds, 3),
-            "total": round(time.perf_counter() - started, 3),
-        })  # fmt: skip
-    except KeyboardInterrupt:
-        cleanup = False  # interrupted: keep the finished shards for --resume
+        paths: dict[str, Path] = {}
+        if finished:  # with every shard failed there is nothing to summarize
+            paths = summarize(files, outdir, threshold, run_info, [o.shard for o in failed])
+            _add_wall_times(paths["run"], {
+                "split": round(split_seconds, 3),
+                "shards": round(shards_seconds, 3),
+                "total": round(time.perf_counter() - started, 3),
+            })  # fmt: skip
+    except BaseException as e:
+        if resume or isinstance(e, KeyboardInterrupt):
+            cleanup = False  # keep the finished shards for (another) --resume
         raise
     finally:
         if cleanup:  # intermediate files must not be mistaken for results

@@ -84,7 +84,17 @@ def is_finished(work: Path, shard: Path, run_key: str) -> bool:
 def _worker(
     name: str, device: str, config: WorkerConfig, tasks, results, log_queue
 ) -> None:  # fmt: skip
-    """Worker process body: load models once, then shard after shard."""
+    """Worker process body; Ctrl-C is the main process's to report."""
+    try:
+        _work(name, device, config, tasks, results, log_queue)
+    except KeyboardInterrupt:
+        os._exit(130)
+
+
+def _work(
+    name: str, device: str, config: WorkerConfig, tasks, results, log_queue
+) -> None:  # fmt: skip
+    """Load the models once, then shard after shard."""
     root = logging.getLogger()
     root.handlers = [logging.handlers.QueueHandler(log_queue)]
     root.setLevel(config.log_level)
@@ -113,8 +123,11 @@ def _worker(
                 f"{classifier_path}: classifier expects {classifier.input_dim} features, "
                 f"DNABERT-S + ESM-2 give {dna.dim} + {esm.dim}"
             )
-    except VirnucproError as e:
-        results.put(("broken", name, str(e)))
+    except Exception as e:  # noqa: BLE001 (any load failure: report it, do not restart)
+        message = str(e) if isinstance(e, VirnucproError) else f"{device}: {type(e).__name__}: "
+        if not isinstance(e, VirnucproError):
+            message += " ".join(str(e).split())[:300]
+        results.put(("broken", name, message))
         return
     cuda = esm.device.type == "cuda"
     total_memory = torch.cuda.get_device_properties(esm.device).total_memory if cuda else 0
@@ -125,13 +138,16 @@ def _worker(
     fail = os.environ.get(FAIL_ENV, "")
     crash = os.environ.get(CRASH_ENV, "")
     results.put(("ready", name))
-    while (task := tasks.get()) is not None:
+    failures_in_a_row = 0
+    while failures_in_a_row < 2 and (task := tasks.get()) is not None:
         shard, attempt = Path(task[0]), task[1]
         prefix = shard.name.removesuffix(".fa")
         if crash == prefix and attempt == 0:
             os._exit(70)  # test hook: a worker that dies mid-shard
         stage = "prepare"
         started = time.perf_counter()
+        marker = done_marker(config.work, prefix)
+        marker.unlink(missing_ok=True)  # the files are about to be rewritten
         try:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(esm.device)
@@ -152,14 +168,19 @@ def _worker(
             stage = "classify"
             classify(dna_out, esm_out, classifier, classifier_path, config.chunk_size,
                      config.work)  # fmt: skip
-            marker = done_marker(config.work, prefix)
-            marker.write_text(json.dumps({"key": shard_key(shard, config.shard_key)}))
+            tmp = marker.with_name(marker.name + ".tmp")
+            tmp.write_text(json.dumps({"key": shard_key(shard, config.shard_key)}))
+            os.replace(tmp, marker)
         except Exception as e:  # a failed shard must not stop the others
             message = " ".join(str(e).split()) or type(e).__name__
             if not isinstance(e, VirnucproError):
                 logging.getLogger("virnucpro").debug("".join(traceback.format_exception(e)))
             results.put(("failed", name, prefix, stage, message))
+            # two failures in a row: the device may be broken; this worker ends and the
+            # main process starts a fresh one
+            failures_in_a_row += 1
             continue
+        failures_in_a_row = 0
         stats = {"seconds": round(time.perf_counter() - started, 3),
                  "sequences": counts.sequences, "frames": counts.frames_kept}  # fmt: skip
         if cuda:

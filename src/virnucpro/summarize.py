@@ -115,6 +115,8 @@ def summarize(
     if not 0.0 <= threshold <= 1.0:
         raise VirnucproError(f"--threshold must be between 0 and 1 (got {threshold})")
     shards = group_shard_files(files, unfinished)
+    if all("unfinished" in shard for shard in shards):
+        raise VirnucproError("no shard finished: nothing to summarize")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -144,6 +146,8 @@ def summarize(
                 meta = json.loads(shard["meta"].read_text())
             except (OSError, json.JSONDecodeError) as e:
                 raise VirnucproError(f"{shard['meta']}: not a scores JSON ({e})") from None
+            if not isinstance(meta, dict) or not isinstance(meta.get("stages"), dict):
+                raise VirnucproError(f"{shard['meta']}: not a scores JSON (no stages)")
             metas.append(meta)
             for stage, info in meta.get("stages", {}).items():
                 stage_seconds[stage] += info.get("seconds", 0.0)
@@ -151,7 +155,11 @@ def summarize(
             per_sequence: dict[str, SequenceScores] = defaultdict(SequenceScores)
             for frame_id, label, score1, score2 in scores:
                 results.write(f"{frame_id}\t{label}\t{score1}\t{score2}\n")
-                s1, s2 = np.float32(score1), np.float32(score2)
+                try:
+                    s1, s2 = np.float32(score1), np.float32(score2)
+                except ValueError:
+                    raise VirnucproError(f"{shard['scores']}: '{frame_id}' has a non-number "
+                                         "score") from None  # fmt: skip
                 sequence_id, chunk_id = _sequence_of(frame_id)
                 seq = per_sequence[sequence_id]
                 seq.frames += 1
@@ -197,8 +205,6 @@ def summarize(
             s1, s2 = all_chunks[chunk_id]
             out.write(f"{chunk_id}\t{s2 >= s1}\n")
 
-    if not metas:
-        raise VirnucproError("no shard finished: nothing to summarize")
     run = _run_record(metas, counts, stage_seconds, threshold, len(shards), run_info or {})
     with atomic_writer(paths["run"]) as out:
         json.dump(run, out, indent=2)

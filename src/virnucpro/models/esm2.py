@@ -267,6 +267,11 @@ def _read_checkpoint(path: Path) -> tuple[ESM2Config, dict[str, torch.Tensor]]:
     return config, _native_state_dict(path, data.get("model"), config)
 
 
+def _stamp(stat: os.stat_result) -> str:
+    """Identity of a file version: size, mtime, inode and ctime (which no copy tool keeps)."""
+    return f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ino} {stat.st_ctime_ns}"
+
+
 def cache_path(path: Path, dtype: torch.dtype) -> Path:
     """Where the ready-to-load copy of a checkpoint in ``dtype`` lives: beside it, hidden."""
     return path.with_name(f".{path.stem}.{str(dtype).removeprefix('torch.')}.safetensors")
@@ -278,7 +283,7 @@ def _read_cache(path: Path, cache: Path, device: torch.device | str) -> tuple | 
         with safe_open(str(cache), framework="pt", device=str(device)) as handle:
             meta = handle.metadata() or {}
             stat = path.stat()
-            if meta.get("source") != f"{stat.st_size} {stat.st_mtime_ns}":
+            if meta.get("source") != _stamp(stat):
                 return None
             config = ESM2Config(**json.loads(meta["config"]))
             return config, {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
@@ -288,12 +293,12 @@ def _read_cache(path: Path, cache: Path, device: torch.device | str) -> tuple | 
 
 def _write_cache(path: Path, cache: Path, config: ESM2Config, state: dict, dtype) -> None:
     stat = path.stat()
-    meta = {"source": f"{stat.st_size} {stat.st_mtime_ns}", "config": json.dumps(asdict(config))}
+    meta = {"source": _stamp(stat), "config": json.dumps(asdict(config))}
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
     try:
         save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(tmp), meta)
         os.replace(tmp, cache)
-    except OSError:  # read-only model directory: no cache, nothing lost
+    except (OSError, SafetensorError):  # read-only model directory: no cache, nothing lost
         pass
     finally:
         tmp.unlink(missing_ok=True)

@@ -122,7 +122,8 @@ def sha256(path: Path) -> str:
         )
         return hashlib.sha256(listing.encode()).hexdigest()
     sidecar = path.with_name(f".{path.name}.sha256")
-    stamp = f"{path.stat().st_size} {path.stat().st_mtime_ns}"
+    st = path.stat()
+    stamp = f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {st.st_ctime_ns}"
     if sidecar.is_file():
         cached_stamp, _, digest = sidecar.read_text().strip().rpartition(" ")
         if cached_stamp == stamp:
