@@ -137,6 +137,10 @@ for line in requests:
             code = child(request)
         finally:
             try:
+                # what a normal interpreter exit runs and os._exit skips: multiprocessing's
+                # finalizers (predict's worker queues), else the resource tracker warns
+                import multiprocessing.util
+                multiprocessing.util._exit_function()
                 sys.stdout.flush()
                 sys.stderr.flush()
             finally:

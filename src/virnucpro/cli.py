@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from enum import Enum
@@ -400,13 +401,18 @@ def main() -> None:
     Usage errors are click's own (message and exit status 2, standalone mode)."""
     try:
         app()
+        return
     except VirnucproError as e:
         print(f"virnucpro: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        status = 2
     except OSError as e:  # e.g. an output directory that is a file, an unwritable log file
         where = f"{e.filename}: " if e.filename else ""
         print(f"virnucpro: error: {where}{e.strerror or e}", file=sys.stderr)
-        sys.exit(2)
+        status = 2
     except KeyboardInterrupt:
         print("virnucpro: interrupted", file=sys.stderr)
-        sys.exit(130)
+        status = 130
+    # The traceback kept the worker queues of predict alive; free them now, or Python's
+    # resource tracker warns about leaked semaphores at exit.
+    gc.collect()
+    sys.exit(status)

@@ -9,6 +9,7 @@ that dies is replaced and its shard gets one more try.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import logging.handlers
@@ -237,6 +238,7 @@ def run_shards(
     for device in devices:
         start(device)
     remaining, restarts = len(shards), 0
+    fatal: str | None = None
     try:
         while remaining:
             try:
@@ -246,7 +248,8 @@ def run_shards(
             if message is not None:
                 kind, name = message[0], message[1]
                 if kind == "broken":  # a model failed to load: nothing can run
-                    raise VirnucproError(message[2])
+                    fatal = message[2]
+                    break
                 if kind == "failed":
                     prefix, stage, error = message[2:5]
                     outcomes[prefix].failed_stage, outcomes[prefix].error = stage, error
@@ -265,7 +268,7 @@ def run_shards(
                 lost = holding.pop(name)
                 restarts += 1
                 if restarts > 2 * len(devices) + len(shards):
-                    raise VirnucproError(f"workers keep dying (last exit code {process.exitcode})")
+                    fatal = f"workers keep dying (last exit code {process.exitcode})"
                 log.warning("%s (%s) died (exit code %s); starting a new one", name, device,
                             process.exitcode)  # fmt: skip
                 if lost is not None:
@@ -276,8 +279,10 @@ def run_shards(
                         outcome.failed_stage = "worker"
                         outcome.error = f"worker died twice (exit code {process.exitcode})"
                         finish(name, 0)
-                if remaining:
+                if remaining and fatal is None:
                     start(device)
+            if fatal is not None:
+                break
     finally:
         for _, _, tasks in workers.values():
             tasks.put(None)
@@ -286,4 +291,10 @@ def run_shards(
             if process.is_alive():
                 process.kill()
         listener.stop()
+    if fatal is not None:
+        # raised once the queues are gone, so no traceback keeps their semaphores alive
+        workers.clear()
+        results = log_queue = tasks = process = None  # noqa: F841
+        gc.collect()
+        raise VirnucproError(fatal)
     return outcomes
