@@ -39,13 +39,9 @@ def join_features(dna_path: Path, esm_path: Path) -> tuple[list[str], torch.Tens
             detail.append(f"{len(only_dna)} only in {dna_path.name} (e.g. '{only_dna[0]}')")
         if only_esm:
             detail.append(f"{len(only_esm)} only in {esm_path.name} (e.g. '{only_esm[0]}')")
-        if not detail:
-            detail.append("duplicate IDs")
         raise VirnucproError(f"{esm_path}: frame IDs differ from {dna_path}: {'; '.join(detail)}")
     position = {frame_id: row for row, frame_id in enumerate(esm_ids)}
-    esm = esm[[position[i] for i in dna_ids]] if dna_ids else esm
-    if not dna_ids:  # zero-row files carry their widths in the shape
-        return [], torch.zeros(0, dna.shape[1] + esm.shape[1]), dna_meta, esm_meta
+    esm = esm[torch.tensor([position[i] for i in dna_ids], dtype=torch.long)]
     return dna_ids, torch.cat([dna, esm], dim=1), dna_meta, esm_meta
 
 

@@ -108,12 +108,11 @@ def embed_tokens(
     return features
 
 
-def default_batch_tokens(device: torch.device, model: torch.nn.Module) -> int:
+def default_batch_tokens(device: torch.device, hidden: int) -> int:
     """Tokens per batch: fixed on CPU; on a GPU sized from free memory (about 48 bytes of
     activations per token and hidden unit at the widest point, half the free memory)."""
     if device.type != "cuda":
         return CPU_BATCH_TOKENS
-    hidden = next(p for p in model.parameters() if p.ndim == 2).shape[1]
     free, _ = torch.cuda.mem_get_info(device)
     return int(max(1024, min(MAX_GPU_BATCH_TOKENS, free // 2 // (hidden * 48))))
 
@@ -193,7 +192,7 @@ def embed_file(
     records = list(read_fasta(input_path, nucleotide=loaded.kind == "dnabert", allow_empty=True))
     ids = [r.id for r in records]
     tokens = loaded.tokenize([r.sequence for r in records])
-    budget = batch_tokens or default_batch_tokens(loaded.device, loaded.model)
+    budget = batch_tokens or default_batch_tokens(loaded.device, loaded.dim)
     label = "DNABERT-S" if loaded.kind == "dnabert" else "ESM-2"
     with StageProgress(f"{label} {input_path.name}", len(tokens), "frames", show_progress) as p:
         features = embed_tokens(tokens, loaded.run, loaded.dim, budget, p)

@@ -148,6 +148,11 @@ def summarize(
                 raise VirnucproError(f"{shard['meta']}: not a scores JSON ({e})") from None
             if not isinstance(meta, dict) or not isinstance(meta.get("stages"), dict):
                 raise VirnucproError(f"{shard['meta']}: not a scores JSON (no stages)")
+            if metas and meta.get("chunk_size") != metas[0].get("chunk_size"):
+                raise VirnucproError(
+                    f"{shard['meta']}: chunk size {meta.get('chunk_size')}, other shards "
+                    f"{metas[0].get('chunk_size')}"
+                )
             metas.append(meta)
             for stage, info in meta.get("stages", {}).items():
                 stage_seconds[stage] += info.get("seconds", 0.0)
@@ -223,8 +228,8 @@ def _run_record(
     """run.json: what ran, on what, with which models, how much and how long."""
 
     def distinct(stage: str, key: str) -> list[str]:
-        return sorted({str(m["stages"].get(stage, {})[key]) for m in metas
-                       if key in m["stages"].get(stage, {})})  # fmt: skip
+        infos = (m["stages"].get(stage, {}) for m in metas)
+        return sorted({str(info[key]) for info in infos if key in info})
 
     def files(pairs: set[tuple[str, str]]) -> list[dict[str, str]]:
         return [{"path": path, "sha256": digest} for path, digest in sorted(pairs)]
@@ -234,12 +239,9 @@ def _run_record(
         "dnabert": files(_pairs(metas, "embed-dna")),
         "classifier": files({(m["classifier"]["path"], m["classifier"]["sha256"]) for m in metas}),
     }
-    chunk_sizes = sorted({m["chunk_size"] for m in metas})
-    if len(chunk_sizes) > 1:
-        raise VirnucproError(f"shards were scored with different chunk sizes {chunk_sizes}")
     record = {
         "virnucpro_version": __version__,
-        "parameters": {"chunk_size": chunk_sizes[0], "threshold": threshold},
+        "parameters": {"chunk_size": metas[0]["chunk_size"], "threshold": threshold},
         "models": models,
         "device": {
             "embed-dna": distinct("embed-dna", "device"),
