@@ -34,9 +34,10 @@ LENGTH_CASES = [
 ]
 
 
+@pytest.mark.parametrize("one_length", [True, False])
 @pytest.mark.parametrize(("lengths", "budget"), LENGTH_CASES)
-def test_plan_batches(lengths, budget):
-    batches = plan_batches(lengths, budget)
+def test_plan_batches(lengths, budget, one_length):
+    batches = plan_batches(lengths, budget, one_length)
     order = [i for batch in batches for i in batch]
     assert sorted(order) == list(range(len(lengths)))  # every index exactly once
     assert all(batches)
@@ -46,6 +47,26 @@ def test_plan_batches(lengths, budget):
         assert len(batch) == 1 or len(batch) * longest <= budget, batch
     firsts = [lengths[batch[0]] for batch in batches]
     assert firsts == sorted(firsts, reverse=True)  # longest batches first
+    if not one_length:  # packed by length: each batch holds as many rows as fit
+        for batch, following in zip(batches, batches[1:]):
+            assert (len(batch) + 1) * lengths[batch[0]] > budget
+
+
+def test_plan_batches_one_length():
+    # 30 of length 10 and 3 of length 9, budget 100: three full batches of 10s, and the 9s
+    # (27 tokens, over an eighth of the budget) in a batch of their own
+    lengths = [10] * 30 + [9] * 3
+    assert plan_batches(lengths, 100) == [list(range(0, 10)), list(range(10, 20)),
+                                          list(range(20, 30)), [30, 31, 32]]  # fmt: skip
+    # a leftover 10 and a 9 (each under an eighth of the budget) are packed together
+    assert plan_batches([10] * 11 + [9], 100) == [list(range(0, 10)), [10, 11]]
+    # three leftover 10s (30 tokens) fill an eighth: a batch of their own
+    assert plan_batches([10] * 13 + [9], 100) == [list(range(0, 10)), [10, 11, 12], [13]]
+    # without one_length the 10s and 9s share batches as they come
+    assert plan_batches([10] * 13 + [9] * 2, 100, one_length=False) == [
+        list(range(0, 10)), [10, 11, 12, 13, 14]]  # fmt: skip
+    assert plan_batches([10] * 9 + [9] * 3, 100, one_length=False) == [
+        [*range(0, 9), 9], [10, 11]]  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------

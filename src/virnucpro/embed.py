@@ -34,14 +34,17 @@ CPU_BATCH_TOKENS = 8192
 MAX_GPU_BATCH_TOKENS = 65536
 
 
-def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], batch_tokens: int, one_length: bool = True
+) -> list[list[int]]:
     """Indices grouped into batches of at most batch_tokens padded tokens, longest first.
 
-    Sequences of one length fill batches of their own, which need no padding mask (the
-    fastest attention kernels, and the compiled layers, take none). What is left of each
-    length when it cannot fill an eighth of a batch is packed with other lengths, padded:
-    many tiny batches would leave the GPU idle between launches. A sequence longer than the
-    budget gets a batch of its own."""
+    With ``one_length``, sequences of one length fill batches of their own, which need no
+    padding mask (ESM-2's fastest attention kernels take none). What is left of each length
+    when it cannot fill an eighth of a batch is packed with other lengths, padded: many tiny
+    batches would leave the GPU idle between launches. Without it (DNABERT-S, whose ALiBi
+    bias is a mask anyway) every sequence is packed by length, padded. A sequence longer
+    than the budget gets a batch of its own."""
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, length in enumerate(lengths):
         by_length[length].append(i)
@@ -51,7 +54,7 @@ def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
         group, rows = by_length[length], max(1, batch_tokens // length)
         for start in range(0, len(group), rows):
             part = group[start : start + rows]
-            if len(part) == rows or len(part) * length * 8 >= batch_tokens:
+            if one_length and (len(part) == rows or len(part) * length * 8 >= batch_tokens):
                 batches.append(part)
             else:
                 leftovers.extend(part)
@@ -88,7 +91,12 @@ def _run_with_oom_retry(tokens: list[list[int]], run: BatchFn, budget: list[int]
 
 
 def embed_tokens(
-    tokens: list[list[int]], run: BatchFn, dim: int, batch_tokens: int, progress: StageProgress
+    tokens: list[list[int]],
+    run: BatchFn,
+    dim: int,
+    batch_tokens: int,
+    progress: StageProgress,
+    one_length: bool = True,
 ) -> torch.Tensor:
     """Features (N, dim) float32 on the CPU, in the order of ``tokens``.
 
@@ -99,7 +107,7 @@ def embed_tokens(
     budget = [batch_tokens]
     order: list[int] = []
     outputs: list[torch.Tensor] = []
-    for batch in plan_batches([len(t) for t in tokens], batch_tokens):
+    for batch in plan_batches([len(t) for t in tokens], batch_tokens, one_length):
         outputs.append(_run_with_oom_retry([tokens[i] for i in batch], run, budget))
         order.extend(batch)
         progress.advance(len(batch))
@@ -132,6 +140,10 @@ class LoadedModel:
         config = self.model.config
         return config.hidden_size if self.kind == "dnabert" else config.embed_dim
 
+    @property
+    def label(self) -> str:
+        return "DNABERT-S" if self.kind == "dnabert" else "ESM-2"
+
     def tokenize(self, sequences: list[str]) -> list[list[int]]:
         if self.tokenizer is not None:
             return self.tokenizer.encode_batch(sequences)
@@ -143,12 +155,33 @@ class LoadedModel:
             return dnabert_mean_embeddings(self.model, tokens, self.tokenizer.pad_id, False)
         return esm2_mean_embeddings(self.model, tokens, to_cpu=False)
 
+    def embed(self, tokens: list[list[int]], batch_tokens: int, progress: StageProgress):
+        """Features (N, dim) float32 on the CPU, in the order of ``tokens``."""
+        # ESM-2 runs unpadded batches without a mask; DNABERT-S's ALiBi bias is a mask anyway
+        one_length = self.kind == "esm2"
+        return embed_tokens(tokens, self.run, self.dim, batch_tokens, progress, one_length)
+
+
+def warm_up(loaded: LoadedModel) -> None:
+    """Compile the layer steps once, at realistic sizes (the compiler picks its kernel
+    settings from the first shapes it sees), with and without padding. Rows and length are
+    primes: a size equal to a model dimension would be tied to it by the compiler, and a
+    later batch without that coincidence would compile again."""
+    rows, length = 61, 131
+    vocab = loaded.model.config.vocab_size if loaded.kind == "dnabert" else 24
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, vocab, (rows, length), generator=gen).tolist()
+    ragged = [row[: length - i % 7] for i, row in enumerate(ids)]
+    with torch.inference_mode():
+        for batch in (ids, ragged):
+            loaded.run(batch).cpu()
+
 
 def load_model(
     kind: str, path: Path, device: str = "auto", precision: str = "auto", compile: bool = False
 ) -> LoadedModel:
-    """Load a model for embedding. ``compile``: each transformer layer through torch.compile
-    (identical layers share one compiled graph; dynamic shapes after the first recompile)."""
+    """Load a model for embedding. ``compile``: the transformer layers through torch.compile,
+    warmed up here, so the load time includes the compile."""
     dev, prec = setup(device, precision)
     started = time.perf_counter()
     if kind == "dnabert":
@@ -157,13 +190,13 @@ def load_model(
         # On a GPU every task pays the load: keep a ready-to-load copy beside the checkpoint.
         use_cache = dev.type == "cuda"
         model, tokenizer = load_esm2(path, dev, DTYPES[prec], use_cache=use_cache), None
+    loaded = LoadedModel(kind, Path(path), model, tokenizer, dev, prec, 0.0)
     if compile:
-        layers = model.layers if kind == "esm2" else model.encoder.layer
-        for layer in layers:
-            layer.compile()
-    seconds = time.perf_counter() - started
-    log.info("%s loaded from %s in %.1f s", kind, path, seconds)
-    return LoadedModel(kind, Path(path), model, tokenizer, dev, prec, seconds)
+        model.compiled = True
+        warm_up(loaded)
+    loaded.load_seconds = time.perf_counter() - started
+    log.info("%s loaded from %s in %.1f s", kind, path, loaded.load_seconds)
+    return loaded
 
 
 OUTPUT_SUFFIX = {"dnabert": ".dnabert.safetensors", "esm2": ".esm2.safetensors"}
@@ -177,6 +210,76 @@ def output_path(kind: str, input_path: Path, outdir: Path) -> Path:
     return Path(outdir) / f"{prefix}{OUTPUT_SUFFIX[kind]}"
 
 
+@dataclass
+class Frames:
+    """The frames of one prepared file, read and tokenized: what the GPU needs."""
+
+    path: Path
+    ids: list[str]
+    tokens: list[list[int]]
+    read_seconds: float
+
+
+def read_frames(loaded: LoadedModel, input_path: Path) -> Frames:
+    """Read and tokenize a prepared file; an empty one (no frame kept) gives no frames."""
+    started = time.perf_counter()
+    nucleotide = loaded.kind == "dnabert"
+    records = list(read_fasta(Path(input_path), nucleotide=nucleotide, allow_empty=True))
+    tokens = loaded.tokenize([r.sequence for r in records])
+    return Frames(Path(input_path), [r.id for r in records], tokens,
+                  time.perf_counter() - started)  # fmt: skip
+
+
+def embed_frames(
+    loaded: LoadedModel, frames: Frames, batch_tokens: int | None, show_progress: bool = True
+) -> tuple[torch.Tensor, dict]:
+    """Features of the frames (float32, CPU) and what the run was: budget, time, tokens."""
+    started = time.perf_counter()
+    budget = batch_tokens or default_batch_tokens(loaded.device, loaded.dim)
+    name = f"{loaded.label} {frames.path.name}"
+    with StageProgress(name, len(frames.tokens), "frames", show_progress) as progress:
+        features = loaded.embed(frames.tokens, budget, progress)
+    run = {"batch_tokens": budget, "tokens": sum(len(t) for t in frames.tokens),
+           "embed_seconds": time.perf_counter() - started}  # fmt: skip
+    return features, run
+
+
+def write_frames(
+    loaded: LoadedModel,
+    frames: Frames,
+    features: torch.Tensor,
+    run: dict,
+    outdir: Path,
+    feature_dtype: str = "float16",
+) -> Path:
+    """Write the features with their IDs and a record of the run; returns the file."""
+    started = time.perf_counter()
+    info = {
+        "stage": f"embed-{'dna' if loaded.kind == 'dnabert' else 'protein'}",
+        "model": str(loaded.path),
+        "model_sha256": sha256(loaded.path),
+        "device": str(loaded.device),
+        "precision": loaded.precision,
+        "batch_tokens": run["batch_tokens"],
+        "frames": len(frames.ids),
+        "tokens": run["tokens"],
+        "load_seconds": round(loaded.load_seconds, 3),
+        "read_seconds": round(frames.read_seconds, 3),
+        "embed_seconds": round(run["embed_seconds"], 3),
+        "seconds": round(frames.read_seconds + run["embed_seconds"], 3),  # writing excluded
+    }
+    out = output_path(loaded.kind, frames.path, outdir)
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    write_features(out, frames.ids, features, {"info": json.dumps(info)}, dtype=feature_dtype)
+    seconds = frames.read_seconds + run["embed_seconds"] + time.perf_counter() - started
+    log.info(
+        "%s: %d frames, %d tokens in %.1f s (%.0f tokens/s) -> %s",
+        loaded.label, len(frames.ids), run["tokens"], seconds,
+        run["tokens"] / max(seconds, 1e-9), out,
+    )  # fmt: skip
+    return out
+
+
 def embed_file(
     loaded: LoadedModel,
     input_path: Path,
@@ -187,34 +290,6 @@ def embed_file(
 ) -> Path:
     """Stage entry: features of every frame of a prepared file, written with their IDs.
     An empty prepared file (no frame kept in the shard) gives a file with zero rows."""
-    input_path = Path(input_path)
-    started = time.perf_counter()
-    records = list(read_fasta(input_path, nucleotide=loaded.kind == "dnabert", allow_empty=True))
-    ids = [r.id for r in records]
-    tokens = loaded.tokenize([r.sequence for r in records])
-    budget = batch_tokens or default_batch_tokens(loaded.device, loaded.dim)
-    label = "DNABERT-S" if loaded.kind == "dnabert" else "ESM-2"
-    with StageProgress(f"{label} {input_path.name}", len(tokens), "frames", show_progress) as p:
-        features = embed_tokens(tokens, loaded.run, loaded.dim, budget, p)
-    seconds = time.perf_counter() - started
-    n_tokens = sum(len(t) for t in tokens)
-    info = {
-        "stage": f"embed-{'dna' if loaded.kind == 'dnabert' else 'protein'}",
-        "model": str(loaded.path),
-        "model_sha256": sha256(loaded.path),
-        "device": str(loaded.device),
-        "precision": loaded.precision,
-        "batch_tokens": budget,
-        "frames": len(ids),
-        "tokens": n_tokens,
-        "load_seconds": round(loaded.load_seconds, 3),
-        "seconds": round(seconds, 3),
-    }
-    out = output_path(loaded.kind, input_path, outdir)
-    Path(outdir).mkdir(parents=True, exist_ok=True)
-    write_features(out, ids, features, {"info": json.dumps(info)}, dtype=feature_dtype)
-    log.info(
-        "%s: %d frames, %d tokens in %.1f s (%.0f tokens/s) -> %s",
-        label, len(ids), n_tokens, seconds, n_tokens / max(seconds, 1e-9), out,
-    )  # fmt: skip
-    return out
+    frames = read_frames(loaded, input_path)
+    features, run = embed_frames(loaded, frames, batch_tokens, show_progress)
+    return write_frames(loaded, frames, features, run, outdir, feature_dtype)

@@ -29,6 +29,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch import nn
 
 from virnucpro.errors import VirnucproError
+from virnucpro.models.compiled import run_layers
 
 # Checkpoint keys we knowingly drop: the [CLS] pooler of BertModel (VirNucPro mean-pools the
 # last hidden state instead). Anything else missing or unexpected is an error.
@@ -131,14 +132,6 @@ class SelfAttention(nn.Module):
         self.n_heads = cfg.num_attention_heads
         self.Wqkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        b, t, h = x.shape
-        # Wqkv output is laid out (q|k|v, head, head_dim), as the original's rearrange reads it.
-        qkv = self.Wqkv(x).view(b, t, 3, self.n_heads, h // self.n_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, heads, t, head_dim)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # scale 1/sqrt(head_dim)
-        return out.transpose(1, 2).reshape(b, t, h)
-
 
 class SelfOutput(nn.Module):
     def __init__(self, cfg: DnaBertConfig) -> None:
@@ -146,18 +139,12 @@ class SelfOutput(nn.Module):
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
-
 
 class Attention(nn.Module):
     def __init__(self, cfg: DnaBertConfig) -> None:
         super().__init__()
         self.self = SelfAttention(cfg)  # the checkpoint's name, hence the odd attribute
         self.output = SelfOutput(cfg)
-
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return self.output(self.self(x, bias), x)
 
 
 class GatedMLP(nn.Module):
@@ -168,20 +155,32 @@ class GatedMLP(nn.Module):
         self.wo = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The first half goes through exact (erf) GELU and gates the second half.
-        gated, non_gated = self.gated_layers(x).split(self.intermediate_size, dim=-1)
-        return self.layernorm(self.wo(F.gelu(gated) * non_gated) + x)
-
 
 class Layer(nn.Module):
+    """Post-LayerNorm attention, then the gated-GELU MLP; run as the two steps around
+    attention that models/compiled.py expects."""
+
     def __init__(self, cfg: DnaBertConfig) -> None:
         super().__init__()
         self.attention = Attention(cfg)
         self.mlp = GatedMLP(cfg)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.attention(x, bias))
+    def before_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v, each (B, heads, T, head_dim)."""
+        b, t, h = x.shape
+        heads = self.attention.self.n_heads
+        # Wqkv output is laid out (q|k|v, head, head_dim), as the original's rearrange reads it.
+        qkv = self.attention.self.Wqkv(x).view(b, t, 3, heads, h // heads)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+    def after_attention(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b, t, h = x.shape
+        out = self.attention.output
+        x = out.LayerNorm(out.dense(y.transpose(1, 2).reshape(b, t, h)) + x)
+        # The first half goes through exact (erf) GELU and gates the second half.
+        mlp = self.mlp
+        gated, non_gated = mlp.gated_layers(x).split(mlp.intermediate_size, dim=-1)
+        return mlp.layernorm(mlp.wo(F.gelu(gated) * non_gated) + x)
 
 
 class Encoder(nn.Module):
@@ -198,6 +197,7 @@ class DnaBert(nn.Module):
         self.config = cfg
         self.embeddings = Embeddings(cfg)
         self.encoder = Encoder(cfg)
+        self.compiled = False  # layers through torch.compile (embed.load_model's compile)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, padded: bool | None = None
@@ -216,10 +216,8 @@ class DnaBert(nn.Module):
             padded = not bool(keep.all())
         if padded:
             bias = bias.masked_fill(~keep[:, None, None, :], float("-inf"))
-        bias = bias.to(x.dtype)
-        for layer in self.encoder.layer:
-            # as in ESM2: compiled layers for unpadded batches, eager forward for padded ones
-            x = layer.forward(x, bias) if padded else layer(x, bias)
+        # the ALiBi bias (with padded keys at -inf) is SDPA's mask; scale 1/sqrt(head_dim)
+        x = run_layers(self.encoder.layer, x, bias.to(x.dtype), self.compiled)
         return x * keep[..., None].to(x.dtype)
 
 

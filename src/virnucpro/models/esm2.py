@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from virnucpro.errors import VirnucproError
+from virnucpro.models.compiled import run_layers
 
 # fair-esm's ESM-1b/ESM-2 alphabet (Alphabet.from_architecture("ESM-1b")), in index order.
 PROTEIN_TOKENS: list[str] = [
@@ -109,23 +110,19 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class SelfAttention(nn.Module):
+    """The attention projections (q, k and v fused), called "self_attn" in the checkpoint."""
+
     def __init__(self, embed_dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        # SDPA's default 1/sqrt(head_dim) scale equals fair-esm scaling q before the rotation.
-        y = F.scaled_dot_product_attention(_rotate(q, cos, sin), _rotate(k, cos, sin), v, mask)
-        return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
-
 
 class Layer(nn.Module):
+    """Pre-LayerNorm: x + out_proj(attention(LN(x))), then x + fc2(GELU(fc1(LN(x)))); run
+    as the two steps around attention that models/compiled.py expects."""
+
     def __init__(self, embed_dim: int, heads: int) -> None:
         super().__init__()
         self.self_attn_layer_norm = nn.LayerNorm(embed_dim)
@@ -134,10 +131,20 @@ class Layer(nn.Module):
         self.fc1 = nn.Linear(embed_dim, 4 * embed_dim)
         self.fc2 = nn.Linear(4 * embed_dim, embed_dim)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.self_attn_layer_norm(x), cos, sin, mask)
+    def before_attention(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (rotated), k (rotated), v, each (B, heads, T, head_dim)."""
+        b, t, d = x.shape
+        heads = self.self_attn.heads
+        qkv = self.self_attn.qkv(self.self_attn_layer_norm(x))
+        q, k, v = qkv.view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        # SDPA's default 1/sqrt(head_dim) scale equals fair-esm scaling q before the rotation.
+        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+
+    def after_attention(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        x = x + self.self_attn.out_proj(y.transpose(1, 2).reshape(b, t, d))
         return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
 
 
@@ -154,6 +161,7 @@ class ESM2(nn.Module):
             Layer(config.embed_dim, config.attention_heads) for _ in range(config.num_layers)
         )
         self.emb_layer_norm_after = nn.LayerNorm(config.embed_dim)
+        self.compiled = False  # layers through torch.compile (embed.load_model's compile)
 
     def forward(self, tokens: torch.LongTensor, padded: bool | None = None) -> torch.Tensor:
         """Representation after the last layer and emb_layer_norm_after, as fair-esm's
@@ -175,10 +183,7 @@ class ESM2(nn.Module):
         if padded is None:
             padded = bool(padding.any())
         mask = (~padding)[:, None, None, :] if padded else None
-        for layer in self.layers:
-            # A compiled layer runs only unpadded batches; padded ones take the eager
-            # forward, so that the mask never adds compiled variants.
-            x = layer(x, cos, sin, None) if mask is None else layer.forward(x, cos, sin, mask)
+        x = run_layers(self.layers, x, mask, self.compiled, cos, sin)
         return self.emb_layer_norm_after(x)
 
 

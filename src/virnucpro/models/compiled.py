@@ -1,0 +1,45 @@
+"""The transformer layer loop of both models, eager or through torch.compile.
+
+A layer is run as two steps around the attention kernel: ``before_attention`` (projections,
+rotary) and ``after_attention`` (output projection, MLP, norms). With --compile each step
+is compiled once, with dynamic shapes, and shared by every layer; attention itself stays
+eager, so whether a batch is padded (a mask or none) never adds a compiled variant, and a
+warm-up at load time (embed.warm_up) compiles everything a run will need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_COMPILED: dict[Callable, Callable] = {}
+
+
+def _compiled(step: Callable) -> Callable:
+    if step not in _COMPILED:
+        _COMPILED[step] = torch.compile(step, dynamic=True)
+    return _COMPILED[step]
+
+
+def run_layers(
+    layers: nn.ModuleList,
+    x: torch.Tensor,
+    mask: torch.Tensor | None,
+    compiled: bool,
+    *before_args: torch.Tensor,
+) -> torch.Tensor:
+    """x through every layer; ``mask`` is SDPA's attn_mask (None: no padding).
+
+    Single-row batches take the eager steps even when compiled: a dimension of size 1 is
+    always specialized, so one row would force another compile mid-run (single-row batches
+    are rare: one very long sequence)."""
+    before, after = type(layers[0]).before_attention, type(layers[0]).after_attention
+    if compiled and x.shape[0] > 1:
+        before, after = _compiled(before), _compiled(after)
+    for layer in layers:
+        q, k, v = before(layer, x, *before_args)
+        x = after(layer, x, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    return x

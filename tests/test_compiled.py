@@ -1,0 +1,56 @@
+"""The torch.compile path (--compile) against the eager one, on the CPU with the demo
+models: the same features, and no compile after the load-time warm-up, whatever the batch
+lengths and row counts (padded batches, one-length batches, a single long sequence)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from virnucpro.embed import load_model
+from virnucpro.models.files import DNABERT_DIRNAME, write_demo_models
+from virnucpro.progress import StageProgress
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("models")
+    write_demo_models(directory)
+    return directory
+
+
+def token_lists(vocab: range, seed: int) -> list[list[int]]:
+    """Mixed lengths, a few repeated often enough to fill one-length batches, and one
+    sequence longer than the budget below (a batch of one row)."""
+    rng = random.Random(seed)
+    lengths = [rng.choice([12, 12, 12, 30, 30]) for _ in range(60)]
+    lengths += [rng.randint(3, 50) for _ in range(40)] + [300]
+    return [[rng.choice(vocab) for _ in range(n)] for n in lengths]
+
+
+def features(loaded, tokens: list[list[int]]) -> torch.Tensor:
+    with StageProgress("test", len(tokens), "frames", enabled=False) as progress:
+        return loaded.embed(tokens, 256, progress)
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert"])
+def test_compiled_matches_eager_and_never_recompiles(models: Path, kind: str) -> None:
+    path = models / ("esm2.pt" if kind == "esm2" else DNABERT_DIRNAME)
+    eager = load_model(kind, path, "cpu", "fp32")
+    # ids that are neither padding nor special: ESM-2 residues, DNABERT-S BPE pieces
+    vocab = range(4, 24) if kind == "esm2" else range(5, eager.model.config.vocab_size)
+    torch._dynamo.reset()
+    graphs_before = counters["stats"]["unique_graphs"]
+    compiled = load_model(kind, path, "cpu", "fp32", compile=True)
+    graphs_after_warm_up = counters["stats"]["unique_graphs"]
+    # two steps (before and after attention), shared by every layer, padded or not
+    assert graphs_after_warm_up - graphs_before == 2
+    for seed in range(3):
+        tokens = token_lists(vocab, seed)
+        expected, got = features(eager, tokens), features(compiled, tokens)
+        assert (got - expected).abs().max().item() <= 1e-5
+    assert counters["stats"]["unique_graphs"] == graphs_after_warm_up
