@@ -48,7 +48,7 @@ def test_plan_batches(lengths, budget, one_length):
     firsts = [lengths[batch[0]] for batch in batches]
     assert firsts == sorted(firsts, reverse=True)  # longest batches first
     if not one_length:  # packed by length: each batch holds as many rows as fit
-        for batch, following in zip(batches, batches[1:]):
+        for batch in batches[:-1]:
             assert (len(batch) + 1) * lengths[batch[0]] > budget
 
 
