@@ -142,7 +142,10 @@ def predict(
         ),
     ] = 500_000,
     compile: Annotated[
-        bool, typer.Option(help="torch.compile the ESM-2 layers (GPU; costs a warm-up).")
+        bool,
+        typer.Option(
+            help="torch.compile both models' layers: faster on a GPU, after a warm-up at load."
+        ),
     ] = False,
     gpus: Annotated[
         str | None, typer.Option(help="Use only these GPUs, e.g. 0,2. Default: every visible GPU.")
@@ -307,7 +310,8 @@ def embed_protein(
     ] = None,
     feature_dtype: FeatureDtypeOpt = FeatureDtype.float16,
     compile: Annotated[
-        bool, typer.Option(help="torch.compile the layers (GPU; costs a warm-up).")
+        bool,
+        typer.Option(help="torch.compile the layers: faster on a GPU, after a warm-up at load."),
     ] = False,
 ) -> None:
     """ESM-2 features of prepared frames -> PREFIX.esm2.safetensors."""

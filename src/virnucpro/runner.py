@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 FAIL_ENV = "VIRNUCPRO_TEST_FAIL"  # "shard_00002:embed-dna"
 CRASH_ENV = "VIRNUCPRO_TEST_CRASH"  # "shard_00003"
 
+STAGES = {"dnabert": "embed-dna", "esm2": "embed-protein"}  # in the order they run
+# Shards a worker holds at once: one on the GPU, the next being prepared.
+SHARDS_PER_WORKER = 2
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -92,10 +96,33 @@ def _worker(
         os._exit(130)
 
 
+@dataclass
+class _Shard:
+    """One shard on its way through a worker: prepared and tokenized by the feeder thread,
+    embedded by the GPU thread, classified and written by the finisher thread."""
+
+    path: Path
+    attempt: int
+    started: float
+    stage: str = "prepare"  # the stage running, or the one that failed
+    error: Exception | None = None
+    counts: object = None
+    frames: dict = field(default_factory=dict)  # kind -> embed.Frames
+    features: dict = field(default_factory=dict)  # kind -> (features, run record)
+    peak_gpu: int = 0
+
+    @property
+    def prefix(self) -> str:
+        return self.path.name.removesuffix(".fa")
+
+
 def _work(
     name: str, device: str, config: WorkerConfig, tasks, results, log_queue
 ) -> None:  # fmt: skip
-    """Load the models once, then shard after shard."""
+    """Load the models once, then shard after shard, in three threads so that the GPU never
+    waits on the host: a feeder prepares and tokenizes the next shard (the main process
+    hands each worker two shards at a time), this thread runs the models, a finisher writes
+    the features, classifies and reports the shard."""
     root = logging.getLogger()
     root.handlers = [logging.handlers.QueueHandler(log_queue)]
     root.setLevel(config.log_level)
@@ -105,19 +132,27 @@ def _work(
         return True
 
     root.handlers[0].addFilter(tag)
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     from virnucpro.classify import classify
-    from virnucpro.embed import embed_file, load_model
+    from virnucpro.embed import embed_frames, load_model, read_frames, write_frames
     from virnucpro.models.classifier import load_classifier
     from virnucpro.prepare import prepare, prepare_outputs
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    def set_threads() -> None:
+        # per thread: OpenMP gives each new thread the default count, and the count
+        # changes the rounding of CPU results
+        if config.threads:
+            torch.set_num_threads(config.threads)
+
+    set_threads()
     esm_path, dna_path, classifier_path = config.models
     try:
         classifier = load_classifier(classifier_path)
-        dna = load_model("dnabert", dna_path, device, config.precision)
+        dna = load_model("dnabert", dna_path, device, config.precision, compile=config.compile)
         esm = load_model("esm2", esm_path, device, config.precision, compile=config.compile)
         if dna.dim + esm.dim != classifier.input_dim:
             raise VirnucproError(
@@ -130,69 +165,105 @@ def _work(
             message += " ".join(str(e).split())[:300]
         results.put(("broken", name, message))
         return
+    models = {"dnabert": dna, "esm2": esm}
+    batch_tokens = {"dnabert": config.dna_batch_tokens, "esm2": config.esm_batch_tokens}
     cuda = esm.device.type == "cuda"
     total_memory = torch.cuda.get_device_properties(esm.device).total_memory if cuda else 0
-    logging.getLogger("virnucpro").info(
-        "worker ready: precision %s, ESM-2 batch %s tokens", esm.precision,
-        config.esm_batch_tokens or "sized from free memory",
-    )  # fmt: skip
+    vlog = logging.getLogger("virnucpro")
+    vlog.info("worker ready: precision %s, ESM-2 batch %s tokens", esm.precision,
+              config.esm_batch_tokens or "sized from free memory")  # fmt: skip
     fail = os.environ.get(FAIL_ENV, "")
     crash = os.environ.get(CRASH_ENV, "")
-    results.put(("ready", name))
-    failures_in_a_row = 0
-    while failures_in_a_row < 2 and (task := tasks.get()) is not None:
-        shard, attempt = Path(task[0]), task[1]
-        prefix = shard.name.removesuffix(".fa")
-        if crash == prefix and attempt == 0:
-            os._exit(70)  # test hook: a worker that dies mid-shard
-        stage = "prepare"
-        started = time.perf_counter()
-        marker = done_marker(config.work, prefix)
-        marker.unlink(missing_ok=True)  # the files are about to be rewritten
+
+    def check_hook(shard: _Shard) -> None:
+        if fail == f"{shard.prefix}:{shard.stage}":
+            raise RuntimeError("test failure")
+
+    def report_failure(shard: _Shard) -> None:
+        e = shard.error
+        message = " ".join(str(e).split()) or type(e).__name__
+        if not isinstance(e, VirnucproError):
+            vlog.debug("".join(traceback.format_exception(e)))
+        results.put(("failed", name, shard.prefix, shard.stage, message))
+
+    def feed(ready: queue.Queue) -> None:
+        """Feeder thread: prepare + read + tokenize each shard handed to this worker."""
+        set_threads()
+        while (task := tasks.get()) is not None:
+            shard = _Shard(Path(task[0]), task[1], time.perf_counter())
+            # the files are about to be rewritten
+            done_marker(config.work, shard.prefix).unlink(missing_ok=True)
+            try:
+                check_hook(shard)
+                shard.counts = prepare(shard.path, config.chunk_size, config.work, shard.prefix)
+                nucleotide, protein, _ = prepare_outputs(config.work, shard.prefix)
+                shard.frames = {"dnabert": read_frames(dna, nucleotide),
+                                "esm2": read_frames(esm, protein)}  # fmt: skip
+            except Exception as e:  # a failed shard must not stop the others
+                shard.error = e
+            ready.put(shard)
+        ready.put(None)
+
+    def finish(shard: _Shard) -> None:
+        """Finisher thread: features written, classified, marked done and reported."""
         try:
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(esm.device)
-            if fail == f"{prefix}:{stage}":
-                raise RuntimeError("test failure")
-            counts = prepare(shard, config.chunk_size, config.work, prefix)
-            nucleotide, protein, _ = prepare_outputs(config.work, prefix)
-            stage = "embed-dna"
-            if fail == f"{prefix}:{stage}":
-                raise RuntimeError("test failure")
-            dna_out = embed_file(dna, nucleotide, config.work, config.dna_batch_tokens,
-                                 config.feature_dtype, show_progress=False)  # fmt: skip
-            stage = "embed-protein"
-            if fail == f"{prefix}:{stage}":
-                raise RuntimeError("test failure")
-            esm_out = embed_file(esm, protein, config.work, config.esm_batch_tokens,
-                                 config.feature_dtype, show_progress=False)  # fmt: skip
-            stage = "classify"
-            classify(dna_out, esm_out, classifier, classifier_path, config.chunk_size,
-                     config.work)  # fmt: skip
+            outputs = {}
+            for kind, (features, run) in shard.features.items():
+                shard.stage = STAGES[kind]
+                outputs[kind] = write_frames(models[kind], shard.frames[kind], features, run,
+                                             config.work, config.feature_dtype)  # fmt: skip
+            shard.stage = "classify"
+            classify(outputs["dnabert"], outputs["esm2"], classifier, classifier_path,
+                     config.chunk_size, config.work)  # fmt: skip
+            marker = done_marker(config.work, shard.prefix)
             tmp = marker.with_name(marker.name + ".tmp")
-            tmp.write_text(json.dumps({"key": shard_key(shard, config.shard_key)}))
+            tmp.write_text(json.dumps({"key": shard_key(shard.path, config.shard_key)}))
             os.replace(tmp, marker)
         except Exception as e:  # a failed shard must not stop the others
-            message = " ".join(str(e).split()) or type(e).__name__
-            if not isinstance(e, VirnucproError):
-                logging.getLogger("virnucpro").debug("".join(traceback.format_exception(e)))
-            results.put(("failed", name, prefix, stage, message))
-            # two failures in a row: the device may be broken; this worker ends and the
-            # main process starts a fresh one
-            failures_in_a_row += 1
-            continue
-        failures_in_a_row = 0
-        stats = {"seconds": round(time.perf_counter() - started, 3),
-                 "sequences": counts.sequences, "frames": counts.frames_kept}  # fmt: skip
+            shard.error = e
+            report_failure(shard)
+            return
+        stats = {"seconds": round(time.perf_counter() - shard.started, 3),
+                 "sequences": shard.counts.sequences,
+                 "frames": shard.counts.frames_kept}  # fmt: skip
         if cuda:
-            peak = torch.cuda.max_memory_allocated(esm.device)
-            stats["peak_gpu_gib"] = round(peak / 2**30, 2)
-            if peak > 0.9 * total_memory:
-                logging.getLogger("virnucpro").warning(
-                    "%s used %.1f of %.1f GiB of GPU memory (over 90%%); lower "
-                    "--esm-batch-size", prefix, peak / 2**30, total_memory / 2**30,
-                )  # fmt: skip
-        results.put(("done", name, prefix, stats))
+            stats["peak_gpu_gib"] = round(shard.peak_gpu / 2**30, 2)
+            if shard.peak_gpu > 0.9 * total_memory:
+                vlog.warning("%s used %.1f of %.1f GiB of GPU memory (over 90%%); lower "
+                             "--esm-batch-size", shard.prefix, shard.peak_gpu / 2**30,
+                             total_memory / 2**30)  # fmt: skip
+        results.put(("done", name, shard.prefix, stats))
+
+    ready: queue.Queue = queue.Queue(maxsize=1)  # one shard prepared ahead
+    threading.Thread(target=feed, args=(ready,), name="feeder", daemon=True).start()
+    results.put(("ready", name))
+    failures_in_a_row = 0
+    with ThreadPoolExecutor(1, "finisher", set_threads) as finisher:
+        while failures_in_a_row < 2 and (shard := ready.get()) is not None:
+            if crash == shard.prefix and shard.attempt == 0:
+                os._exit(70)  # test hook: a worker that dies mid-shard
+            if shard.error is not None:
+                report_failure(shard)
+                continue
+            try:
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(esm.device)
+                for kind, stage in STAGES.items():
+                    shard.stage = stage
+                    check_hook(shard)
+                    shard.features[kind] = embed_frames(models[kind], shard.frames[kind],
+                                                        batch_tokens[kind], False)  # fmt: skip
+                if cuda:
+                    shard.peak_gpu = torch.cuda.max_memory_allocated(esm.device)
+            except Exception as e:  # a failed shard must not stop the others
+                shard.error = e
+                report_failure(shard)
+                # two failures in a row: the device may be broken; this worker ends and
+                # the main process starts a fresh one
+                failures_in_a_row += 1
+                continue
+            failures_in_a_row = 0
+            finisher.submit(finish, shard)
 
 
 def run_shards(
@@ -209,7 +280,7 @@ def run_shards(
                 for s in shards}  # fmt: skip
     waiting = [(prefix, 0) for prefix in outcomes]  # (shard, attempt), in order
     workers: dict[str, tuple[multiprocessing.Process, str, object]] = {}
-    holding: dict[str, str | None] = {}
+    holding: dict[str, list[str]] = {}  # worker -> the shards it was handed, unreported
     serial = 0
 
     def start(device: str) -> None:
@@ -219,14 +290,13 @@ def run_shards(
         args = (name, device, config, tasks, results, log_queue)
         process = context.Process(target=_worker, name=name, args=args, daemon=True)
         process.start()
-        workers[name], holding[name] = (process, device, tasks), None
+        workers[name], holding[name] = (process, device, tasks), []
 
     def hand_out(name: str) -> None:
-        holding[name] = None
-        if waiting:
+        while waiting and len(holding[name]) < SHARDS_PER_WORKER:
             prefix, attempt = waiting.pop(0)
             outcomes[prefix].attempts = attempt + 1
-            holding[name] = prefix
+            holding[name].append(prefix)
             workers[name][2].put((str(outcomes[prefix].shard), attempt))
 
     def finish(name: str, sequences: int) -> None:
@@ -250,6 +320,8 @@ def run_shards(
                 if kind == "broken":  # a model failed to load: nothing can run
                     fatal = message[2]
                     break
+                if kind in ("failed", "done") and message[2] in holding.get(name, []):
+                    holding[name].remove(message[2])
                 if kind == "failed":
                     prefix, stage, error = message[2:5]
                     outcomes[prefix].failed_stage, outcomes[prefix].error = stage, error
@@ -271,10 +343,14 @@ def run_shards(
                     fatal = f"workers keep dying (last exit code {process.exitcode})"
                 log.warning("%s (%s) died (exit code %s); starting a new one", name, device,
                             process.exitcode)  # fmt: skip
-                if lost is not None:
-                    outcome = outcomes[lost]
-                    if outcome.attempts < 2:
-                        waiting.insert(0, (lost, outcome.attempts))
+                # Shards are worked on in the order handed out: the first was under way (a
+                # try, unless the worker retired after failures), the others had not begun.
+                for position, prefix in reversed(list(enumerate(lost))):
+                    outcome = outcomes[prefix]
+                    tried = position == 0 and process.exitcode != 0
+                    attempt = outcome.attempts if tried else outcome.attempts - 1
+                    if attempt < 2:
+                        waiting.insert(0, (prefix, attempt))
                     else:
                         outcome.failed_stage = "worker"
                         outcome.error = f"worker died twice (exit code {process.exitcode})"
