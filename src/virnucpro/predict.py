@@ -127,10 +127,10 @@ def predict(
             log_level=logging.getLogger().getEffectiveLevel(),
         )  # fmt: skip
         t = time.perf_counter()
-        outcomes = {}
+        outcomes, ready_seconds = {}, 0.0
         if pending:
             with WorkerProgress(len(pending)) as progress:
-                outcomes = run_shards(pending, devices, config, progress)
+                outcomes, ready_seconds = run_shards(pending, devices, config, progress)
         shards_seconds = time.perf_counter() - t
 
         failed = [o for o in outcomes.values() if o.failed_stage]
@@ -162,6 +162,7 @@ def predict(
             paths = summarize(files, outdir, threshold, run_info, [o.shard for o in failed])
             _add_wall_times(paths["run"], {
                 "split": round(split_seconds, 3),
+                "workers_ready": round(ready_seconds, 3),
                 "shards": round(shards_seconds, 3),
                 "total": round(time.perf_counter() - started, 3),
             })  # fmt: skip

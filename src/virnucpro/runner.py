@@ -268,9 +268,11 @@ def _work(
 
 def run_shards(
     shards: list[Path], devices: list[str], config: WorkerConfig, progress
-) -> dict[str, ShardOutcome]:
+) -> tuple[dict[str, ShardOutcome], float]:
     """Run every shard on a pool of workers (one per device entry); returns the outcome of
-    each shard. Failed shards are reported, not raised."""
+    each shard and the seconds until the first worker was ready (its models loaded). Failed
+    shards are reported, not raised."""
+    started, ready_seconds = time.perf_counter(), 0.0
     context = multiprocessing.get_context("spawn")
     results, log_queue = context.Queue(), context.Queue()
     listener = logging.handlers.QueueListener(log_queue, *logging.getLogger().handlers,
@@ -317,6 +319,8 @@ def run_shards(
                 message = None
             if message is not None:
                 kind, name = message[0], message[1]
+                if kind == "ready" and not ready_seconds:
+                    ready_seconds = time.perf_counter() - started
                 if kind == "broken":  # a model failed to load: nothing can run
                     fatal = message[2]
                     break
@@ -373,4 +377,4 @@ def run_shards(
         results = log_queue = tasks = process = None  # noqa: F841
         gc.collect()
         raise VirnucproError(fatal)
-    return outcomes
+    return outcomes, ready_seconds

@@ -16,6 +16,7 @@ carry no "bert." prefix and include the unused pooler, e.g.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -103,8 +104,10 @@ def alibi_slopes(n_heads: int) -> list[float]:
     return power_of_two(lower) + alibi_slopes(2 * lower)[0::2][: n_heads - lower]
 
 
+@functools.lru_cache(maxsize=256)
 def alibi_bias(n_heads: int, length: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Symmetric ALiBi bias (1, heads, length, length): -slope * |i - j|, float32."""
+    """Symmetric ALiBi bias (1, heads, length, length): -slope * |i - j|, float32; cached per
+    length (making it copies the slopes to the device, which waits for the GPU)."""
     pos = torch.arange(length, device=device)
     distance = (pos[None, :] - pos[:, None]).abs()
     slopes = torch.tensor(alibi_slopes(n_heads), dtype=torch.float32, device=device)
@@ -328,12 +331,14 @@ def dnabert_mean_embeddings(
         row[: len(ids)] = ids
     mask = np.arange(lengths.max())[None, :] < lengths[:, None]
     host_ids, host_mask = torch.from_numpy(input_ids), torch.from_numpy(mask)
-    if device.type == "cuda":  # pinned: the copy to the GPU does not wait on the host
+    if device.type == "cuda":
+        # pinned and non-blocking: the host goes on to the next batch while this one runs
+        # (a copy from ordinary memory would wait for the GPU to finish its queue)
         host_ids, host_mask = host_ids.pin_memory(), host_mask.pin_memory()
     with torch.inference_mode():
         ids, keep = host_ids.to(device, non_blocking=True), host_mask.to(device, non_blocking=True)
         hidden = model(ids, keep, padded=bool(lengths.min() != lengths.max()))
-        weights = (keep / torch.from_numpy(lengths).to(device)[:, None]).float()
+        weights = (keep / keep.sum(1, keepdim=True)).float()
         means = torch.bmm(weights[:, None, :], hidden.float()).squeeze(1)
         return means.cpu() if to_cpu else means
 

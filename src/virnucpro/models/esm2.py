@@ -356,18 +356,20 @@ def esm2_mean_embeddings(
     tokens = np.full((len(token_batch), lengths.max() + 2), PAD_IDX, dtype=np.int64)
     for row, ids in zip(tokens, token_batch, strict=True):
         row[: len(ids)] = ids
-    window = np.minimum(lengths, MEAN_WINDOW)
-    positions = np.arange(tokens.shape[1])
-    weights = ((positions >= 1) & (positions <= window[:, None])) / window[:, None]
     host_tokens = torch.from_numpy(tokens)
-    if device.type == "cuda":  # pinned: the copy to the GPU does not wait on the host
+    if device.type == "cuda":
+        # pinned and non-blocking: the host goes on to the next batch while this one runs
+        # (a copy from ordinary memory would wait for the GPU to finish its queue)
         host_tokens = host_tokens.pin_memory()
     with torch.inference_mode():
-        padded = bool(lengths.min() != lengths.max())
-        hidden = model(host_tokens.to(device, non_blocking=True), padded)
-        weights = torch.from_numpy(weights).to(device, torch.float32)
+        tokens_on_device = host_tokens.to(device, non_blocking=True)
+        hidden = model(tokens_on_device, bool(lengths.min() != lengths.max()))
+        # mean weights made on the device, from the tokens: no other copy to the GPU
+        window = (tokens_on_device.ne(PAD_IDX).sum(1, keepdim=True) - 2).clamp(max=MEAN_WINDOW)
+        positions = torch.arange(tokens.shape[1], device=device)
+        weights = ((positions >= 1) & (positions <= window)) / window
         # weighted sum in float32: (B, 1, T) @ (B, T, D)
-        means = torch.bmm(weights[:, None, :], hidden.float()).squeeze(1)
+        means = torch.bmm(weights.float()[:, None, :], hidden.float()).squeeze(1)
         return means.cpu() if to_cpu else means
 
 
