@@ -229,9 +229,15 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
     }
+
+    def report(*parts: object) -> None:
+        """Print a result and save everything so far: a run cut short keeps what it had."""
+        print(*parts, flush=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2))
+
     t = time.perf_counter()
     results["matmul_tflops"] = matmul_peak()
-    print(f"matmul bf16 peak {results['matmul_tflops']:.0f} TFLOP/s", flush=True)
+    report(f"matmul bf16 peak {results['matmul_tflops']:.0f} TFLOP/s")
 
     models = work / "models"
     models.mkdir(exist_ok=True)
@@ -249,7 +255,7 @@ def main() -> None:
     write_classifier(classifier, models / "classifier_300.safetensors")
     for size in (500, 300):
         prepare(fasta, size, work / f"c{size}", "input")
-    print(f"setup {time.perf_counter() - t:.0f} s", flush=True)
+    report(f"setup {time.perf_counter() - t:.0f} s")
 
     faa500 = work / "c500" / "input.protein.faa"
     proteins = [r.sequence for r in read_fasta(faa500, nucleotide=False)]
@@ -266,33 +272,33 @@ def main() -> None:
         compiled = load_model("esm2", esm_path, "cuda", "bf16", compile=True)
         graphs = compiled_graphs()
         results["ours_esm_500_compiled"] = product_embed(compiled, faa[500], work / "c500", None)
-        print("ESM-2 500 bp compiled", results["ours_esm_500_compiled"], flush=True)
+        report("ESM-2 500 bp compiled", results["ours_esm_500_compiled"])
         del compiled
         torch.cuda.empty_cache()
         dna_model = load_model("dnabert", models / "dnabert-s", "cuda", "bf16", compile=True)
         results["ours_dnabert_500_compiled"] = product_embed(dna_model, nuc, work / "c500", None)
-        print("DNABERT-S compiled", results["ours_dnabert_500_compiled"], flush=True)
+        report("DNABERT-S compiled", results["ours_dnabert_500_compiled"])
         results["recompiles_in_timed_runs"] = compiled_graphs() - graphs - 2  # DNABERT's own 2
         del dna_model
         torch.cuda.empty_cache()
         esm_tokens = results["ours_esm_500_compiled"]["tokens"]
         results["predict"] = predict_run(fasta, work, paths, True, esm_tokens)
-        print("predict", results["predict"], flush=True)
+        report("predict", results["predict"])
         (args.out / "results.json").write_text(json.dumps(results, indent=2))
         return
 
     results["startup_first"] = cli_start_up(esm_path, small, work)
     results["startup_cached"] = cli_start_up(esm_path, small, work)
-    print(f"start-up {results['startup_first']} then {results['startup_cached']}", flush=True)
+    report(f"start-up {results['startup_first']} then {results['startup_cached']}")
 
     # anchors: fair-esm
     results["fair_esm_fp32_2048"] = fair_esm_throughput(esm_path, sample[:400], torch.float32,
                                                         2048)  # fmt: skip
-    print("fair-esm fp32 2048", results["fair_esm_fp32_2048"], flush=True)
+    report("fair-esm fp32 2048", results["fair_esm_fp32_2048"])
     for toks in (2048, 32768):
         key = f"fair_esm_bf16_{toks}"
         results[key] = fair_esm_throughput(esm_path, sample[:3000], torch.bfloat16, toks)
-        print(key, results[key], flush=True)
+        report(key, results[key])
 
     # ours: the product path, eager
     check = sample[:256]  # frames for the correctness checks
@@ -306,7 +312,7 @@ def main() -> None:
     for size in (500, 300):
         product_embed(loaded, small, work, None)  # warm-up
         results[f"ours_esm_{size}"] = product_embed(loaded, faa[size], work / f"c{size}", None)
-        print(f"ours {size}", results[f"ours_esm_{size}"], flush=True)
+        report(f"ours {size}", results[f"ours_esm_{size}"])
     bf16 = means(loaded.model)
     del loaded
     torch.cuda.empty_cache()
@@ -318,7 +324,7 @@ def main() -> None:
     for size in (500, 300):
         key = f"ours_esm_{size}_compiled"
         results[key] = product_embed(compiled, faa[size], work / f"c{size}", None)
-        print(f"ours {size} compiled", results[key], flush=True)
+        report(f"ours {size} compiled", results[key])
     bf16_compiled = means(compiled.model)
     results["recompiles_in_timed_runs"] = compiled_graphs() - graphs
     del compiled
@@ -360,20 +366,20 @@ def main() -> None:
         "calls_changed_compiled": int(((p16c > 0.5) != (p32 > 0.5)).sum()),
         "frames": len(check),
     }  # fmt: skip
-    print("correctness", results["correctness"], flush=True)
+    report("correctness", results["correctness"])
 
     # DNABERT-S, eager then compiled
     dna_model = load_model("dnabert", models / "dnabert-s", "cuda", "bf16")
     product_embed(dna_model, nuc, work / "c500", None)  # warm-up
     results["ours_dnabert_500"] = product_embed(dna_model, nuc, work / "c500", None)
-    print("dnabert", results["ours_dnabert_500"], flush=True)
+    report("dnabert", results["ours_dnabert_500"])
     del dna_model
     dna_model = load_model("dnabert", models / "dnabert-s", "cuda", "bf16", compile=True)
     results["dnabert_compile_load_s"] = dna_model.load_seconds
     graphs = compiled_graphs()
     results["ours_dnabert_500_compiled"] = product_embed(dna_model, nuc, work / "c500", None)
     results["recompiles_in_timed_runs"] += compiled_graphs() - graphs
-    print("dnabert compiled", results["ours_dnabert_500_compiled"], flush=True)
+    report("dnabert compiled", results["ours_dnabert_500_compiled"])
     del dna_model
     torch.cuda.empty_cache()
 
@@ -384,7 +390,7 @@ def main() -> None:
         )
         esm_tokens = results["ours_esm_500"]["tokens"]
         results["predict"] = predict_run(fasta, work, paths, use_compile, esm_tokens)
-        print("predict", results["predict"], flush=True)
+        report("predict", results["predict"])
 
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print_table(results)
