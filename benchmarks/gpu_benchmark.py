@@ -189,9 +189,14 @@ def predict_run(fasta: Path, work: Path, paths, use_compile: bool, esm_tokens: i
     shutil.rmtree(work / "predict", ignore_errors=True)
     run = predict(fasta, work / "predict", paths, device="cuda", precision="bf16",
                   compile=use_compile)  # fmt: skip
-    wall = json.loads(run.outputs["run"].read_text())["wall_seconds"]
+    record = json.loads(run.outputs["run"].read_text())
+    wall = record["wall_seconds"]
     after_ready = wall["total"] - wall["workers_ready"]
-    return {"compiled": use_compile, "stages": wall,
+    per_shard = record["shard_seconds"].values()
+    shard_sums = {key: round(sum(s.get(key, 0) for s in per_shard), 2) for key in
+                  ("prepare", "gpu_waited", "embed-dna", "embed-protein", "finish")}  # fmt: skip
+    return {"compiled": use_compile, "stages": wall, "shard_sums": shard_sums,
+            "shards": len(record["shard_seconds"]),
             "esm_tokens_per_s": esm_tokens / wall["total"],
             "esm_tokens_per_s_after_load": esm_tokens / after_ready}  # fmt: skip
 
@@ -434,7 +439,8 @@ def print_table(r: dict) -> None:
         print(f"predict end to end, ESM tokens/s: {p['esm_tokens_per_s']:,.0f} = "
               f"{100 * p['esm_tokens_per_s'] / stage:.0f}% of the ESM stage; after the "
               f"workers' load {p['esm_tokens_per_s_after_load']:,.0f} = "
-              f"{100 * p['esm_tokens_per_s_after_load'] / stage:.0f}%; {p['stages']}")  # fmt: skip
+              f"{100 * p['esm_tokens_per_s_after_load'] / stage:.0f}%; {p['stages']}; "
+              f"summed over {p['shards']} shards: {p['shard_sums']}")  # fmt: skip
     print(f"start-up embed-protein: first {r['startup_first']['load_s']:.1f} s load "
           f"({r['startup_first']['wall_s']:.1f} s wall), cached "
           f"{r['startup_cached']['load_s']:.1f} s load ({r['startup_cached']['wall_s']:.1f} s "

@@ -17,6 +17,7 @@ from virnucpro.prepare import (
     kept_frames,
     prepare,
     prepare_record,
+    read_counts,
     reverse_complement,
     translate,
 )
@@ -456,6 +457,7 @@ def test_prepare_end_to_end(tmp_path, chunk_size):
     assert (outdir / "P.nucleotide.fa").read_text() == EXPECTED_NUCLEOTIDE
     assert (outdir / "P.protein.faa").read_text() == EXPECTED_PROTEIN
     assert (outdir / "P.sequences.tsv").read_text() == EXPECTED_TABLE
+    assert read_counts(outdir / "P.sequences.tsv") == counts  # what predict's workers read
     assert sorted(p.name for p in outdir.iterdir()) == [
         "P.nucleotide.fa",
         "P.protein.faa",

@@ -7,11 +7,13 @@ halves the budget and retries the batch.
 
 from __future__ import annotations
 
+import gzip
+import itertools
 import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,28 +93,31 @@ def _run_with_oom_retry(tokens: list[list[int]], run: BatchFn, budget: list[int]
 
 
 def embed_tokens(
-    tokens: list[list[int]],
+    chunks: Iterable[list[list[int]]],
     run: BatchFn,
     dim: int,
     batch_tokens: int,
     progress: StageProgress,
     one_length: bool = True,
 ) -> torch.Tensor:
-    """Features (N, dim) float32 on the CPU, in the order of ``tokens``.
+    """Features (N, dim) float32 on the CPU, rows in the order of the tokens of all chunks.
 
-    ``run`` may leave its result on the GPU: batches are queued without waiting, and the
-    features come to the host once at the end, so host work overlaps the GPU's."""
-    if not tokens:
-        return torch.zeros(0, dim)
+    Each chunk is batched on its own. ``run`` may leave its result on the GPU: batches are
+    queued without waiting, so the host reads and tokenizes the next chunk while the GPU
+    works, and the features come to the host once at the end."""
     budget = [batch_tokens]
     order: list[int] = []
     outputs: list[torch.Tensor] = []
-    for batch in plan_batches([len(t) for t in tokens], batch_tokens, one_length):
-        outputs.append(_run_with_oom_retry([tokens[i] for i in batch], run, budget))
-        order.extend(batch)
-        progress.advance(len(batch))
-    features = torch.empty(len(tokens), dim)
-    features[torch.tensor(order)] = torch.cat(outputs).float().cpu()
+    offset = 0
+    for tokens in chunks:
+        for batch in plan_batches([len(t) for t in tokens], batch_tokens, one_length):
+            outputs.append(_run_with_oom_retry([tokens[i] for i in batch], run, budget))
+            order.extend(offset + i for i in batch)
+            progress.advance(len(batch))
+        offset += len(tokens)
+    features = torch.empty(offset, dim)
+    if outputs:
+        features[torch.tensor(order)] = torch.cat(outputs).float().cpu()
     return features
 
 
@@ -155,19 +160,25 @@ class LoadedModel:
             return dnabert_mean_embeddings(self.model, tokens, self.tokenizer.pad_id, False)
         return esm2_mean_embeddings(self.model, tokens, to_cpu=False)
 
+    @property
+    def one_length_batches(self) -> bool:
+        # ESM-2 runs unpadded batches without a mask; DNABERT-S's ALiBi bias is a mask anyway
+        return self.kind == "esm2"
+
     def embed(self, tokens: list[list[int]], batch_tokens: int, progress: StageProgress):
         """Features (N, dim) float32 on the CPU, in the order of ``tokens``."""
-        # ESM-2 runs unpadded batches without a mask; DNABERT-S's ALiBi bias is a mask anyway
-        one_length = self.kind == "esm2"
-        return embed_tokens(tokens, self.run, self.dim, batch_tokens, progress, one_length)
+        one_length = self.one_length_batches
+        return embed_tokens([tokens], self.run, self.dim, batch_tokens, progress, one_length)
 
 
 def warm_up(loaded: LoadedModel) -> None:
     """Compile the layer steps once, at realistic sizes (the compiler picks its kernel
-    settings from the first shapes it sees), with and without padding. Rows and length are
-    primes: a size equal to a model dimension would be tied to it by the compiler, and a
-    later batch without that coincidence would compile again."""
-    rows, length = 61, 131
+    settings from the first shapes it sees), with and without padding. The length is a prime
+    and the row count odd: a size equal to a model dimension would be tied to it by the
+    compiler, and a later batch without that coincidence would compile again."""
+    length = 131
+    # about a full batch, as most batches are
+    rows = max(61, default_batch_tokens(loaded.device, loaded.dim) // length) | 1
     vocab = loaded.model.config.vocab_size if loaded.kind == "dnabert" else 24
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(5, vocab, (rows, length), generator=gen).tolist()
@@ -210,9 +221,15 @@ def output_path(kind: str, input_path: Path, outdir: Path) -> Path:
     return Path(outdir) / f"{prefix}{OUTPUT_SUFFIX[kind]}"
 
 
+# DNABERT-S frames read and tokenized at a time by embed-dna: the GPU starts on the first
+# chunk while the host reads the next. ESM-2 reads whole files: its batches of one length
+# need every frame of a length together.
+DNABERT_CHUNK_FRAMES = 4096
+
+
 @dataclass
 class Frames:
-    """The frames of one prepared file, read and tokenized: what the GPU needs."""
+    """Frames of a prepared file, read and tokenized: what the GPU needs."""
 
     path: Path
     ids: list[str]
@@ -220,28 +237,74 @@ class Frames:
     read_seconds: float
 
 
-def read_frames(loaded: LoadedModel, input_path: Path) -> Frames:
-    """Read and tokenize a prepared file; an empty one (no frame kept) gives no frames."""
-    started = time.perf_counter()
-    nucleotide = loaded.kind == "dnabert"
-    records = list(read_fasta(Path(input_path), nucleotide=nucleotide, allow_empty=True))
-    tokens = loaded.tokenize([r.sequence for r in records])
-    return Frames(Path(input_path), [r.id for r in records], tokens,
-                  time.perf_counter() - started)  # fmt: skip
+def count_records(path: Path) -> int:
+    """Records in a FASTA file, counted fast (for progress; read_fasta does the checks)."""
+    with _open_binary(path) as handle:
+        count, last = 0, b"\n"
+        while block := handle.read(1 << 20):
+            count += (last + block).count(b"\n>")
+            last = block[-1:]
+    return count
+
+
+def _open_binary(path: Path):
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+
+
+def read_frames(loaded: LoadedModel, input_path: Path, chunk: int | None = None):
+    """Read and tokenize a prepared file, ``chunk`` frames at a time (None: all at once);
+    yields Frames, at least one (an empty file, no frame kept in a shard, gives no frames)."""
+    path = Path(input_path)
+    records = read_fasta(path, nucleotide=loaded.kind == "dnabert", allow_empty=True)
+    while True:
+        started = time.perf_counter()
+        part = list(itertools.islice(records, chunk))
+        tokens = loaded.tokenize([r.sequence for r in part])
+        yield Frames(path, [r.id for r in part], tokens, time.perf_counter() - started)
+        if chunk is None or len(part) < chunk:
+            return
 
 
 def embed_frames(
-    loaded: LoadedModel, frames: Frames, batch_tokens: int | None, show_progress: bool = True
-) -> tuple[torch.Tensor, dict]:
-    """Features of the frames (float32, CPU) and what the run was: budget, time, tokens."""
+    loaded: LoadedModel,
+    source: Path,
+    chunks: Iterable[Frames],
+    total: int,
+    batch_tokens: int | None,
+    show_progress: bool = True,
+) -> tuple[Frames, torch.Tensor, dict]:
+    """Features of the frames of all chunks (float32, CPU), with the frames put together
+    and what the run was: budget, tokens, seconds spent in the model (not reading)."""
     started = time.perf_counter()
     budget = batch_tokens or default_batch_tokens(loaded.device, loaded.dim)
-    name = f"{loaded.label} {frames.path.name}"
-    with StageProgress(name, len(frames.tokens), "frames", show_progress) as progress:
-        features = loaded.embed(frames.tokens, budget, progress)
-    run = {"batch_tokens": budget, "tokens": sum(len(t) for t in frames.tokens),
-           "embed_seconds": time.perf_counter() - started}  # fmt: skip
-    return features, run
+    merged: Frames | None = None
+    waited = 0.0
+
+    def tokens():  # each chunk's tokens; keeps the frames and the time spent reading
+        nonlocal merged, waited
+        chunk_iter = iter(chunks)
+        while True:
+            t = time.perf_counter()
+            frames = next(chunk_iter, None)
+            waited += time.perf_counter() - t
+            if frames is None:
+                return
+            if merged is None:
+                merged = Frames(frames.path, [], [], 0.0)
+            merged.ids += frames.ids
+            merged.tokens += frames.tokens
+            merged.read_seconds += frames.read_seconds
+            yield frames.tokens
+
+    name = f"{loaded.label} {Path(source).name}"
+    with StageProgress(name, total, "frames", show_progress) as progress:
+        features = embed_tokens(tokens(), loaded.run, loaded.dim, budget, progress,
+                                loaded.one_length_batches)  # fmt: skip
+    run = {"batch_tokens": budget, "tokens": sum(len(t) for t in merged.tokens),
+           "embed_seconds": time.perf_counter() - started - waited}  # fmt: skip
+    return merged, features, run
 
 
 def write_frames(
@@ -290,6 +353,8 @@ def embed_file(
 ) -> Path:
     """Stage entry: features of every frame of a prepared file, written with their IDs.
     An empty prepared file (no frame kept in the shard) gives a file with zero rows."""
-    frames = read_frames(loaded, input_path)
-    features, run = embed_frames(loaded, frames, batch_tokens, show_progress)
+    chunk = DNABERT_CHUNK_FRAMES if loaded.kind == "dnabert" else None
+    chunks = read_frames(loaded, input_path, chunk)
+    frames, features, run = embed_frames(loaded, input_path, chunks, count_records(input_path),
+                                         batch_tokens, show_progress)  # fmt: skip
     return write_frames(loaded, frames, features, run, outdir, feature_dtype)

@@ -113,6 +113,19 @@ class PrepareCounts:
     frames_kept: int = 0
 
 
+def read_counts(table: Path) -> PrepareCounts:
+    """The counts of a prepare run, from the per-sequence table it wrote."""
+    counts = PrepareCounts()
+    with open(table, encoding="utf-8") as handle:
+        next(handle)  # header
+        for line in handle:
+            fields = line.rstrip("\n").split("\t")
+            counts.sequences += 1
+            counts.chunks += int(fields[2])
+            counts.frames_kept += int(fields[4])
+    return counts
+
+
 def prepare_outputs(outdir: Path, prefix: str) -> tuple[Path, Path, Path]:
     """Paths of the three files prepare writes: nucleotide, protein, sequences table."""
     return (

@@ -16,6 +16,7 @@ import logging.handlers
 import multiprocessing
 import os
 import queue
+import subprocess
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -86,6 +87,28 @@ def is_finished(work: Path, shard: Path, run_key: str) -> bool:
     return key == shard_key(shard, run_key) and all(p.is_file() for p in shard_files(work, prefix))
 
 
+def prepare_in_subprocess(shard: Path, config: WorkerConfig, prefix: str):
+    """`virnucpro prepare` of one shard, in a process of its own: translation is pure Python,
+    and in a thread of the worker it would hold the interpreter lock that the GPU thread needs
+    to launch its kernels (on the CPU, small torch calls ran 30x slower beside it)."""
+    import sys
+
+    import virnucpro
+    from virnucpro.prepare import prepare_outputs, read_counts
+
+    package_root = str(Path(virnucpro.__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "virnucpro", "-q", "prepare", str(shard),
+               "--chunk-size", str(config.chunk_size), "--outdir", str(config.work),
+               "--prefix", prefix]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": path})  # fmt: skip
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise VirnucproError(lines[-1] if lines else f"prepare exited with {done.returncode}")
+    return read_counts(prepare_outputs(config.work, prefix)[2])
+
+
 def _worker(
     name: str, device: str, config: WorkerConfig, tasks, results, log_queue
 ) -> None:  # fmt: skip
@@ -110,6 +133,7 @@ class _Shard:
     frames: dict = field(default_factory=dict)  # kind -> embed.Frames
     features: dict = field(default_factory=dict)  # kind -> (features, run record)
     peak_gpu: int = 0
+    seconds: dict = field(default_factory=dict)  # where the time went, for run.json
 
     @property
     def prefix(self) -> str:
@@ -140,7 +164,7 @@ def _work(
     from virnucpro.classify import classify
     from virnucpro.embed import embed_frames, load_model, read_frames, write_frames
     from virnucpro.models.classifier import load_classifier
-    from virnucpro.prepare import prepare, prepare_outputs
+    from virnucpro.prepare import prepare_outputs
 
     def set_threads() -> None:
         # per thread: OpenMP gives each new thread the default count, and the count
@@ -195,17 +219,19 @@ def _work(
             done_marker(config.work, shard.prefix).unlink(missing_ok=True)
             try:
                 check_hook(shard)
-                shard.counts = prepare(shard.path, config.chunk_size, config.work, shard.prefix)
+                shard.counts = prepare_in_subprocess(shard.path, config, shard.prefix)
                 nucleotide, protein, _ = prepare_outputs(config.work, shard.prefix)
-                shard.frames = {"dnabert": read_frames(dna, nucleotide),
-                                "esm2": read_frames(esm, protein)}  # fmt: skip
+                shard.frames = {"dnabert": next(read_frames(dna, nucleotide)),
+                                "esm2": next(read_frames(esm, protein))}  # fmt: skip
             except Exception as e:  # a failed shard must not stop the others
                 shard.error = e
+            shard.seconds["prepare"] = round(time.perf_counter() - shard.started, 3)
             ready.put(shard)
         ready.put(None)
 
     def finish(shard: _Shard) -> None:
         """Finisher thread: features written, classified, marked done and reported."""
+        started = time.perf_counter()
         try:
             outputs = {}
             for kind, (features, run) in shard.features.items():
@@ -223,9 +249,10 @@ def _work(
             shard.error = e
             report_failure(shard)
             return
+        shard.seconds["finish"] = round(time.perf_counter() - started, 3)
         stats = {"seconds": round(time.perf_counter() - shard.started, 3),
                  "sequences": shard.counts.sequences,
-                 "frames": shard.counts.frames_kept}  # fmt: skip
+                 "frames": shard.counts.frames_kept, **shard.seconds}  # fmt: skip
         if cuda:
             stats["peak_gpu_gib"] = round(shard.peak_gpu / 2**30, 2)
             if shard.peak_gpu > 0.9 * total_memory:
@@ -239,7 +266,11 @@ def _work(
     results.put(("ready", name))
     failures_in_a_row = 0
     with ThreadPoolExecutor(1, "finisher", set_threads) as finisher:
-        while failures_in_a_row < 2 and (shard := ready.get()) is not None:
+        while failures_in_a_row < 2:
+            waiting_since = time.perf_counter()
+            if (shard := ready.get()) is None:
+                break
+            shard.seconds["gpu_waited"] = round(time.perf_counter() - waiting_since, 3)
             if crash == shard.prefix and shard.attempt == 0:
                 os._exit(70)  # test hook: a worker that dies mid-shard
             if shard.error is not None:
@@ -251,8 +282,11 @@ def _work(
                 for kind, stage in STAGES.items():
                     shard.stage = stage
                     check_hook(shard)
-                    shard.features[kind] = embed_frames(models[kind], shard.frames[kind],
-                                                        batch_tokens[kind], False)  # fmt: skip
+                    frames = shard.frames[kind]
+                    shard.features[kind] = embed_frames(models[kind], frames.path, [frames],
+                                                        len(frames.ids), batch_tokens[kind],
+                                                        False)[1:]  # fmt: skip
+                    shard.seconds[stage] = round(shard.features[kind][1]["embed_seconds"], 3)
                 if cuda:
                     shard.peak_gpu = torch.cuda.max_memory_allocated(esm.device)
             except Exception as e:  # a failed shard must not stop the others
