@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import virnucpro.embed as embed_module
-from virnucpro.embed import count_records, embed_file, embed_tokens, load_model, plan_batches
+from virnucpro.embed import count_records, embed_file, load_model, plan_batches, queue_tokens
 from virnucpro.errors import VirnucproError
 from virnucpro.features import read_features, write_features
 from virnucpro.models.files import DNABERT_DIRNAME, write_demo_models
@@ -73,7 +73,7 @@ def test_plan_batches_one_length():
 
 
 # --------------------------------------------------------------------------------------
-# embed_tokens: row order and CUDA out-of-memory halving, with a fake model
+# queue_tokens: row order and CUDA out-of-memory halving, with a fake model
 # --------------------------------------------------------------------------------------
 
 
@@ -104,7 +104,7 @@ class FakeModel:
 def embed(tokens: list[list[int]], model: FakeModel, budget: int) -> torch.Tensor:
     progress = StageProgress("fake", len(tokens), "frames", enabled=False)
     with progress:
-        out = embed_tokens([tokens], model, 2, budget, progress)
+        out = queue_tokens([tokens], model, 2, budget, progress).gather()
     assert progress.done == len(tokens)
     return out
 
@@ -114,7 +114,7 @@ def expected(tokens: list[list[int]]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("budget", [1, 40, 200, 10_000])
-def test_embed_tokens_returns_rows_in_input_order(budget):
+def test_queue_tokens_returns_rows_in_input_order(budget):
     tokens = sequences(150, seed=budget)
     model = FakeModel()
     assert torch.equal(embed(tokens, model, budget), expected(tokens))
@@ -122,7 +122,7 @@ def test_embed_tokens_returns_rows_in_input_order(budget):
 
 
 @pytest.mark.parametrize(("budget", "limit"), [(2000, 500), (2000, 41), (800, 799), (5000, 64)])
-def test_embed_tokens_halves_on_oom_and_keeps_order(budget, limit):
+def test_queue_tokens_halves_on_oom_and_keeps_order(budget, limit):
     tokens = sequences(150, seed=limit)
     reference = embed(tokens, FakeModel(), budget)
     model = FakeModel(limit)
@@ -161,12 +161,13 @@ def test_long_sequence_among_short_ones_that_does_not_fit_is_an_error():
         embed(tokens, FakeModel(limit=49), 1000)
 
 
-def test_embed_tokens_in_chunks_keeps_the_order_of_all_chunks():
+def test_queue_tokens_in_chunks_keeps_the_order_of_all_chunks():
     tokens = sequences(150, seed=3)
     model = FakeModel()
     progress = StageProgress("fake", len(tokens), "frames", enabled=False)
     with progress:
-        out = embed_tokens([tokens[:40], [], tokens[40:41], tokens[41:]], model, 2, 200, progress)
+        chunks = [tokens[:40], [], tokens[40:41], tokens[41:]]
+        out = queue_tokens(chunks, model, 2, 200, progress).gather()
     assert torch.equal(out, expected(tokens))
     assert progress.done == len(tokens)
 
@@ -200,7 +201,7 @@ def test_embed_dna_in_chunks_equals_one_chunk(tmp_path, monkeypatch):
     assert json.loads(chunked[2]["info"])["tokens"] == json.loads(whole[2]["info"])["tokens"]
 
 
-def test_embed_tokens_without_sequences():
+def test_queue_tokens_without_sequences():
     out = embed([], FakeModel(), 100)
     assert out.shape == (0, 2)
 

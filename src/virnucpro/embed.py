@@ -92,19 +92,34 @@ def _run_with_oom_retry(tokens: list[list[int]], run: BatchFn, budget: list[int]
     return torch.cat(outputs)
 
 
-def embed_tokens(
+@dataclass
+class Queued:
+    """Batches handed to the device and not yet waited for."""
+
+    order: list[int]  # input row of each output row, in the order the batches ran
+    outputs: list[torch.Tensor]  # per batch, possibly still being computed on the GPU
+    rows: int
+    dim: int
+
+    def gather(self) -> torch.Tensor:
+        """Features (rows, dim) float32 on the CPU in input order; waits for the device."""
+        features = torch.empty(self.rows, self.dim)
+        if self.outputs:
+            features[torch.tensor(self.order)] = torch.cat(self.outputs).float().cpu()
+        return features
+
+
+def queue_tokens(
     chunks: Iterable[list[list[int]]],
     run: BatchFn,
     dim: int,
     batch_tokens: int,
     progress: StageProgress,
     one_length: bool = True,
-) -> torch.Tensor:
-    """Features (N, dim) float32 on the CPU, rows in the order of the tokens of all chunks.
-
-    Each chunk is batched on its own. ``run`` may leave its result on the GPU: batches are
-    queued without waiting, so the host reads and tokenizes the next chunk while the GPU
-    works, and the features come to the host once at the end."""
+) -> Queued:
+    """Batch the tokens of each chunk on its own and run them. ``run`` may leave its result
+    on the GPU: nothing waits for the device here, so the host reads and tokenizes the next
+    chunk (or queues another model's batches) while the GPU works."""
     budget = [batch_tokens]
     order: list[int] = []
     outputs: list[torch.Tensor] = []
@@ -115,10 +130,7 @@ def embed_tokens(
             order.extend(offset + i for i in batch)
             progress.advance(len(batch))
         offset += len(tokens)
-    features = torch.empty(offset, dim)
-    if outputs:
-        features[torch.tensor(order)] = torch.cat(outputs).float().cpu()
-    return features
+    return Queued(order, outputs, offset, dim)
 
 
 def default_batch_tokens(device: torch.device, hidden: int) -> int:
@@ -160,15 +172,16 @@ class LoadedModel:
             return dnabert_mean_embeddings(self.model, tokens, self.tokenizer.pad_id, False)
         return esm2_mean_embeddings(self.model, tokens, to_cpu=False)
 
-    @property
-    def one_length_batches(self) -> bool:
+    def queue(self, chunks, batch_tokens: int, progress: StageProgress | None = None) -> Queued:
+        """queue_tokens with this model; ``chunks``: token lists, one list per chunk."""
+        progress = progress or StageProgress(self.label, 0, "frames", enabled=False)
         # ESM-2 runs unpadded batches without a mask; DNABERT-S's ALiBi bias is a mask anyway
-        return self.kind == "esm2"
+        one_length = self.kind == "esm2"
+        return queue_tokens(chunks, self.run, self.dim, batch_tokens, progress, one_length)
 
     def embed(self, tokens: list[list[int]], batch_tokens: int, progress: StageProgress):
         """Features (N, dim) float32 on the CPU, in the order of ``tokens``."""
-        one_length = self.one_length_batches
-        return embed_tokens([tokens], self.run, self.dim, batch_tokens, progress, one_length)
+        return self.queue([tokens], batch_tokens, progress).gather()
 
 
 def warm_up(loaded: LoadedModel) -> None:
@@ -300,8 +313,7 @@ def embed_frames(
 
     name = f"{loaded.label} {Path(source).name}"
     with StageProgress(name, total, "frames", show_progress) as progress:
-        features = embed_tokens(tokens(), loaded.run, loaded.dim, budget, progress,
-                                loaded.one_length_batches)  # fmt: skip
+        features = loaded.queue(tokens(), budget, progress).gather()
     run = {"batch_tokens": budget, "tokens": sum(len(t) for t in merged.tokens),
            "embed_seconds": time.perf_counter() - started - waited}  # fmt: skip
     return merged, features, run

@@ -162,7 +162,7 @@ def _work(
     import torch
 
     from virnucpro.classify import classify
-    from virnucpro.embed import embed_frames, load_model, read_frames, write_frames
+    from virnucpro.embed import default_batch_tokens, load_model, read_frames, write_frames
     from virnucpro.models.classifier import load_classifier
     from virnucpro.prepare import prepare_outputs
 
@@ -190,7 +190,10 @@ def _work(
         results.put(("broken", name, message))
         return
     models = {"dnabert": dna, "esm2": esm}
-    batch_tokens = {"dnabert": config.dna_batch_tokens, "esm2": config.esm_batch_tokens}
+    budgets = {
+        "dnabert": config.dna_batch_tokens or default_batch_tokens(dna.device, dna.dim),
+        "esm2": config.esm_batch_tokens or default_batch_tokens(esm.device, esm.dim),
+    }
     cuda = esm.device.type == "cuda"
     total_memory = torch.cuda.get_device_properties(esm.device).total_memory if cuda else 0
     vlog = logging.getLogger("virnucpro")
@@ -279,14 +282,25 @@ def _work(
             try:
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(esm.device)
+                # both models' batches queued before waiting for either: the GPU goes from
+                # DNABERT-S to ESM-2 without waiting for the host
+                queued = {}
                 for kind, stage in STAGES.items():
                     shard.stage = stage
                     check_hook(shard)
-                    frames = shard.frames[kind]
-                    shard.features[kind] = embed_frames(models[kind], frames.path, [frames],
-                                                        len(frames.ids), batch_tokens[kind],
-                                                        False)[1:]  # fmt: skip
-                    shard.seconds[stage] = round(shard.features[kind][1]["embed_seconds"], 3)
+                    started = time.perf_counter()
+                    queued[kind] = models[kind].queue([shard.frames[kind].tokens], budgets[kind])
+                    shard.seconds[stage] = time.perf_counter() - started
+                for kind, stage in STAGES.items():
+                    shard.stage = stage
+                    started = time.perf_counter()
+                    features = queued[kind].gather()
+                    shard.seconds[stage] = round(
+                        shard.seconds[stage] + time.perf_counter() - started, 3
+                    )
+                    run = {"batch_tokens": budgets[kind], "embed_seconds": shard.seconds[stage],
+                           "tokens": sum(len(t) for t in shard.frames[kind].tokens)}  # fmt: skip
+                    shard.features[kind] = (features, run)
                 if cuda:
                     shard.peak_gpu = torch.cuda.max_memory_allocated(esm.device)
             except Exception as e:  # a failed shard must not stop the others
