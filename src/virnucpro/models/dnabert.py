@@ -104,14 +104,17 @@ def alibi_slopes(n_heads: int) -> list[float]:
     return power_of_two(lower) + alibi_slopes(2 * lower)[0::2][: n_heads - lower]
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=8)
+def _slopes_on(n_heads: int, device: torch.device | str) -> torch.Tensor:
+    # cached: a copy to the GPU from ordinary memory waits for the GPU to finish its queue
+    return torch.tensor(alibi_slopes(n_heads), dtype=torch.float32, device=device)
+
+
 def alibi_bias(n_heads: int, length: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Symmetric ALiBi bias (1, heads, length, length): -slope * |i - j|, float32; cached per
-    length (making it copies the slopes to the device, which waits for the GPU)."""
+    """Symmetric ALiBi bias (1, heads, length, length): -slope * |i - j|, float32."""
     pos = torch.arange(length, device=device)
     distance = (pos[None, :] - pos[:, None]).abs()
-    slopes = torch.tensor(alibi_slopes(n_heads), dtype=torch.float32, device=device)
-    return (slopes[:, None, None] * -distance).unsqueeze(0)
+    return (_slopes_on(n_heads, device)[:, None, None] * -distance).unsqueeze(0)
 
 
 class Embeddings(nn.Module):
