@@ -34,7 +34,7 @@ def token_lists(vocab: range, seed: int) -> list[list[int]]:
 
 def features(loaded, tokens: list[list[int]]) -> torch.Tensor:
     with StageProgress("test", len(tokens), "frames", enabled=False) as progress:
-        return loaded.embed(tokens, 256, progress)
+        return loaded.queue(tokens, 256, progress).gather()
 
 
 @pytest.mark.parametrize("kind", ["esm2", "dnabert"])

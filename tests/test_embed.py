@@ -3,7 +3,6 @@ feature files that carry frame IDs with their rows."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import random
@@ -12,11 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import virnucpro.embed as embed_module
-from virnucpro.embed import count_records, embed_file, load_model, plan_batches, queue_tokens
+from virnucpro.embed import plan_batches, queue_tokens
 from virnucpro.errors import VirnucproError
 from virnucpro.features import read_features, write_features
-from virnucpro.models.files import DNABERT_DIRNAME, write_demo_models
 from virnucpro.progress import StageProgress
 
 # --------------------------------------------------------------------------------------
@@ -104,7 +101,7 @@ class FakeModel:
 def embed(tokens: list[list[int]], model: FakeModel, budget: int) -> torch.Tensor:
     progress = StageProgress("fake", len(tokens), "frames", enabled=False)
     with progress:
-        out = queue_tokens([tokens], model, 2, budget, progress).gather()
+        out = queue_tokens(tokens, model, 2, budget, progress).gather()
     assert progress.done == len(tokens)
     return out
 
@@ -159,46 +156,6 @@ def test_long_sequence_among_short_ones_that_does_not_fit_is_an_error():
     tokens = [[i] * 5 for i in range(20)] + [[20] * 50]
     with pytest.raises(VirnucproError, match="out of GPU memory"):
         embed(tokens, FakeModel(limit=49), 1000)
-
-
-def test_queue_tokens_in_chunks_keeps_the_order_of_all_chunks():
-    tokens = sequences(150, seed=3)
-    model = FakeModel()
-    progress = StageProgress("fake", len(tokens), "frames", enabled=False)
-    with progress:
-        chunks = [tokens[:40], [], tokens[40:41], tokens[41:]]
-        out = queue_tokens(chunks, model, 2, 200, progress).gather()
-    assert torch.equal(out, expected(tokens))
-    assert progress.done == len(tokens)
-
-
-def test_count_records(tmp_path):
-    text = ">a desc\nACGT\nAC\n>b\nGG\n\n>c\nT"  # no final newline
-    (tmp_path / "x.fa").write_text(text)
-    with gzip.open(tmp_path / "x.fa.gz", "wt") as out:
-        out.write(text)
-    (tmp_path / "empty.fa").write_text("")
-    assert count_records(tmp_path / "x.fa") == 3
-    assert count_records(tmp_path / "x.fa.gz") == 3
-    assert count_records(tmp_path / "empty.fa") == 0
-
-
-def test_embed_dna_in_chunks_equals_one_chunk(tmp_path, monkeypatch):
-    """embed-dna reads and embeds DNABERT-S frames a chunk at a time; the file it writes
-    has the same IDs in the same order and the same features as reading all at once."""
-    models = tmp_path / "models"
-    write_demo_models(models)
-    loaded = load_model("dnabert", models / DNABERT_DIRNAME, "cpu", "fp32")
-    rng = random.Random(5)
-    fasta = tmp_path / "s.nucleotide.fa"
-    fasta.write_text("".join(f">f{i}\n{''.join(rng.choices('ACGT', k=rng.randint(20, 90)))}\n"
-                             for i in range(100)))  # fmt: skip
-    whole = read_features(embed_file(loaded, fasta, tmp_path / "whole", show_progress=False))
-    monkeypatch.setattr(embed_module, "DNABERT_CHUNK_FRAMES", 7)
-    chunked = read_features(embed_file(loaded, fasta, tmp_path / "chunked", show_progress=False))
-    assert chunked[0] == whole[0] == [f"f{i}" for i in range(100)]
-    assert (chunked[1] - whole[1]).abs().max().item() <= 1e-5
-    assert json.loads(chunked[2]["info"])["tokens"] == json.loads(whole[2]["info"])["tokens"]
 
 
 def test_queue_tokens_without_sequences():

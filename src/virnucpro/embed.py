@@ -7,13 +7,11 @@ halves the budget and retries the batch.
 
 from __future__ import annotations
 
-import gzip
-import itertools
 import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,27 +111,24 @@ class Queued:
 
 
 def queue_tokens(
-    chunks: Iterable[list[list[int]]],
+    tokens: list[list[int]],
     run: BatchFn,
     dim: int,
     batch_tokens: int,
     progress: StageProgress,
     one_length: bool = True,
 ) -> Queued:
-    """Batch the tokens of each chunk on its own and run them. ``run`` may leave its result
-    on the GPU: nothing waits for the device here, so the host reads and tokenizes the next
-    chunk (or queues another model's batches) while the GPU works."""
+    """Batch the tokens and run the batches. ``run`` may leave its result on the GPU:
+    nothing waits for the device here, so the host can queue another model's batches (or
+    go on with other work) while the GPU works."""
     budget = [batch_tokens]
     order: list[int] = []
     outputs: list[torch.Tensor] = []
-    offset = 0
-    for tokens in chunks:
-        for batch in plan_batches([len(t) for t in tokens], batch_tokens, one_length):
-            outputs.append(_run_with_oom_retry([tokens[i] for i in batch], run, budget))
-            order.extend(offset + i for i in batch)
-            progress.advance(len(batch))
-        offset += len(tokens)
-    return Queued(order, outputs, offset, dim)
+    for batch in plan_batches([len(t) for t in tokens], batch_tokens, one_length):
+        outputs.append(_run_with_oom_retry([tokens[i] for i in batch], run, budget))
+        order.extend(batch)
+        progress.advance(len(batch))
+    return Queued(order, outputs, len(tokens), dim)
 
 
 def default_batch_tokens(device: torch.device, hidden: int) -> int:
@@ -175,16 +170,14 @@ class LoadedModel:
             return dnabert_mean_embeddings(self.model, tokens, self.tokenizer.pad_id, False)
         return esm2_mean_embeddings(self.model, tokens, to_cpu=False)
 
-    def queue(self, chunks, batch_tokens: int, progress: StageProgress | None = None) -> Queued:
-        """queue_tokens with this model; ``chunks``: token lists, one list per chunk."""
+    def queue(
+        self, tokens: list[list[int]], batch_tokens: int, progress: StageProgress | None = None
+    ) -> Queued:
+        """queue_tokens with this model."""
         progress = progress or StageProgress(self.label, 0, "frames", enabled=False)
         # ESM-2 runs unpadded batches without a mask; DNABERT-S's ALiBi bias is a mask anyway
         one_length = self.kind == "esm2"
-        return queue_tokens(chunks, self.run, self.dim, batch_tokens, progress, one_length)
-
-    def embed(self, tokens: list[list[int]], batch_tokens: int, progress: StageProgress):
-        """Features (N, dim) float32 on the CPU, in the order of ``tokens``."""
-        return self.queue([tokens], batch_tokens, progress).gather()
+        return queue_tokens(tokens, self.run, self.dim, batch_tokens, progress, one_length)
 
 
 def warm_up(loaded: LoadedModel) -> None:
@@ -237,12 +230,6 @@ def output_path(kind: str, input_path: Path, outdir: Path) -> Path:
     return Path(outdir) / f"{prefix}{OUTPUT_SUFFIX[kind]}"
 
 
-# DNABERT-S frames read and tokenized at a time by embed-dna: the GPU starts on the first
-# chunk while the host reads the next. ESM-2 reads whole files: its batches of one length
-# need every frame of a length together.
-DNABERT_CHUNK_FRAMES = 4096
-
-
 @dataclass
 class Frames:
     """Frames of a prepared file, read and tokenized: what the GPU needs."""
@@ -253,73 +240,28 @@ class Frames:
     read_seconds: float
 
 
-def count_records(path: Path) -> int:
-    """Records in a FASTA file, counted fast (for progress; read_fasta does the checks)."""
-    with _open_binary(path) as handle:
-        count, last = 0, b"\n"
-        while block := handle.read(1 << 20):
-            count += (last + block).count(b"\n>")
-            last = block[-1:]
-    return count
-
-
-def _open_binary(path: Path):
-    with open(path, "rb") as raw:
-        gzipped = raw.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gzipped else open(path, "rb")
-
-
-def read_frames(loaded: LoadedModel, input_path: Path, chunk: int | None = None):
-    """Read and tokenize a prepared file, ``chunk`` frames at a time (None: all at once);
-    yields Frames, at least one (an empty file, no frame kept in a shard, gives no frames)."""
-    path = Path(input_path)
-    records = read_fasta(path, nucleotide=loaded.kind == "dnabert", allow_empty=True)
-    while True:
-        started = time.perf_counter()
-        part = list(itertools.islice(records, chunk))
-        tokens = loaded.tokenize([r.sequence for r in part])
-        yield Frames(path, [r.id for r in part], tokens, time.perf_counter() - started)
-        if chunk is None or len(part) < chunk:
-            return
+def read_frames(loaded: LoadedModel, input_path: Path) -> Frames:
+    """Read and tokenize a prepared file; an empty one (no frame kept) gives no frames."""
+    started = time.perf_counter()
+    nucleotide = loaded.kind == "dnabert"
+    records = list(read_fasta(Path(input_path), nucleotide=nucleotide, allow_empty=True))
+    tokens = loaded.tokenize([r.sequence for r in records])
+    return Frames(Path(input_path), [r.id for r in records], tokens,
+                  time.perf_counter() - started)  # fmt: skip
 
 
 def embed_frames(
-    loaded: LoadedModel,
-    source: Path,
-    chunks: Iterable[Frames],
-    total: int,
-    batch_tokens: int | None,
-    show_progress: bool = True,
-) -> tuple[Frames, torch.Tensor, dict]:
-    """Features of the frames of all chunks (float32, CPU), with the frames put together
-    and what the run was: budget, tokens, seconds spent in the model (not reading)."""
+    loaded: LoadedModel, frames: Frames, batch_tokens: int | None, show_progress: bool = True
+) -> tuple[torch.Tensor, dict]:
+    """Features of the frames (float32, CPU) and what the run was: budget, tokens, time."""
     started = time.perf_counter()
     budget = batch_tokens or default_batch_tokens(loaded.device, loaded.dim)
-    merged: Frames | None = None
-    waited = 0.0
-
-    def tokens():  # each chunk's tokens; keeps the frames and the time spent reading
-        nonlocal merged, waited
-        chunk_iter = iter(chunks)
-        while True:
-            t = time.perf_counter()
-            frames = next(chunk_iter, None)
-            waited += time.perf_counter() - t
-            if frames is None:
-                return
-            if merged is None:
-                merged = Frames(frames.path, [], [], 0.0)
-            merged.ids += frames.ids
-            merged.tokens += frames.tokens
-            merged.read_seconds += frames.read_seconds
-            yield frames.tokens
-
-    name = f"{loaded.label} {Path(source).name}"
-    with StageProgress(name, total, "frames", show_progress) as progress:
-        features = loaded.queue(tokens(), budget, progress).gather()
-    run = {"batch_tokens": budget, "tokens": sum(len(t) for t in merged.tokens),
-           "embed_seconds": time.perf_counter() - started - waited}  # fmt: skip
-    return merged, features, run
+    name = f"{loaded.label} {frames.path.name}"
+    with StageProgress(name, len(frames.tokens), "frames", show_progress) as progress:
+        features = loaded.queue(frames.tokens, budget, progress).gather()
+    run = {"batch_tokens": budget, "tokens": sum(len(t) for t in frames.tokens),
+           "embed_seconds": time.perf_counter() - started}  # fmt: skip
+    return features, run
 
 
 def write_frames(
@@ -368,8 +310,6 @@ def embed_file(
 ) -> Path:
     """Stage entry: features of every frame of a prepared file, written with their IDs.
     An empty prepared file (no frame kept in the shard) gives a file with zero rows."""
-    chunk = DNABERT_CHUNK_FRAMES if loaded.kind == "dnabert" else None
-    chunks = read_frames(loaded, input_path, chunk)
-    frames, features, run = embed_frames(loaded, input_path, chunks, count_records(input_path),
-                                         batch_tokens, show_progress)  # fmt: skip
+    frames = read_frames(loaded, input_path)
+    features, run = embed_frames(loaded, frames, batch_tokens, show_progress)
     return write_frames(loaded, frames, features, run, outdir, feature_dtype)

@@ -224,8 +224,8 @@ def _work(
                 check_hook(shard)
                 shard.counts = prepare_in_subprocess(shard.path, config, shard.prefix)
                 nucleotide, protein, _ = prepare_outputs(config.work, shard.prefix)
-                shard.frames = {"dnabert": next(read_frames(dna, nucleotide)),
-                                "esm2": next(read_frames(esm, protein))}  # fmt: skip
+                shard.frames = {"dnabert": read_frames(dna, nucleotide),
+                                "esm2": read_frames(esm, protein)}  # fmt: skip
             except Exception as e:  # a failed shard must not stop the others
                 shard.error = e
             shard.seconds["prepare"] = round(time.perf_counter() - shard.started, 3)
@@ -289,7 +289,7 @@ def _work(
                     shard.stage = stage
                     check_hook(shard)
                     started = time.perf_counter()
-                    queued[kind] = models[kind].queue([shard.frames[kind].tokens], budgets[kind])
+                    queued[kind] = models[kind].queue(shard.frames[kind].tokens, budgets[kind])
                     shard.seconds[stage] = time.perf_counter() - started
                 for kind, stage in STAGES.items():
                     shard.stage = stage
