@@ -2,11 +2,11 @@
 
 The input is split into shards in OUTDIR/work (which checks the whole input before any model
 is loaded). Worker processes, one per GPU (or --workers on the CPU), each load the models
-once and take shards from a queue: prepare -> embed-dna -> embed-protein -> classify, with
-the functions the stage commands use. summarize then writes the outputs. A shard that fails
-is listed in failed_files.txt and its sequences are `unfinished` in the summary; the other
-shards finish. With --resume, shards finished by an earlier run with the same input, models
-and parameters are reused.
+once and take shards from a queue: prepare (the stage command, in its own process) ->
+embed-dna -> embed-protein -> classify, with the functions the stage commands use.
+summarize then writes the outputs. A shard that fails is listed in failed_files.txt and its
+sequences are `unfinished` in the summary; the other shards finish. With --resume, shards
+finished by an earlier run with the same input, models and parameters are reused.
 """
 
 from __future__ import annotations

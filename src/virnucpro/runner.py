@@ -1,10 +1,11 @@
 """Worker processes for predict: one per GPU (or --workers on the CPU).
 
-Each worker loads the models once on its device, says it is ready, and then gets one shard
-at a time: the main process hands the next shard to whichever worker reports back (done,
-with its peak memory, or failed, with the stage and message), so a slow device never holds
-the others back, and the main process always knows which shard each worker holds. A worker
-that dies is replaced and its shard gets one more try.
+Each worker loads the models once on its device, says it is ready, and then holds two
+shards at a time (one on the GPU, the next being prepared): the main process hands the next
+shard to whichever worker reports back (done, with its timings and peak memory, or failed,
+with the stage and message), so a slow device never holds the others back, and the main
+process always knows which shards each worker holds. A worker that dies is replaced and the
+shard it was working on gets one more try.
 """
 
 from __future__ import annotations
