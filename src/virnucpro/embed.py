@@ -7,6 +7,7 @@ halves the budget and retries the batch.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -155,6 +156,11 @@ class LoadedModel:
         config = self.model.config
         return config.hidden_size if self.kind == "dnabert" else config.embed_dim
 
+    @functools.cached_property
+    def model_sha256(self) -> str:
+        """The model files' checksum, for the record in each output (computed once)."""
+        return sha256(self.path)
+
     @property
     def label(self) -> str:
         return "DNABERT-S" if self.kind == "dnabert" else "ESM-2"
@@ -251,51 +257,47 @@ def read_frames(loaded: LoadedModel, input_path: Path) -> Frames:
 
 
 def embed_frames(
-    loaded: LoadedModel, frames: Frames, batch_tokens: int | None, show_progress: bool = True
-) -> tuple[torch.Tensor, dict]:
-    """Features of the frames (float32, CPU) and what the run was: budget, tokens, time."""
-    started = time.perf_counter()
-    budget = batch_tokens or default_batch_tokens(loaded.device, loaded.dim)
+    loaded: LoadedModel, frames: Frames, batch_tokens: int, show_progress: bool = True
+) -> torch.Tensor:
+    """Features of the frames, float32 on the CPU."""
     name = f"{loaded.label} {frames.path.name}"
     with StageProgress(name, len(frames.tokens), "frames", show_progress) as progress:
-        features = loaded.queue(frames.tokens, budget, progress).gather()
-    run = {"batch_tokens": budget, "tokens": sum(len(t) for t in frames.tokens),
-           "embed_seconds": time.perf_counter() - started}  # fmt: skip
-    return features, run
+        return loaded.queue(frames.tokens, batch_tokens, progress).gather()
 
 
 def write_frames(
     loaded: LoadedModel,
     frames: Frames,
     features: torch.Tensor,
-    run: dict,
+    batch_tokens: int,
+    embed_seconds: float,
     outdir: Path,
     feature_dtype: str = "float16",
 ) -> Path:
     """Write the features with their IDs and a record of the run; returns the file."""
     started = time.perf_counter()
+    tokens = sum(len(t) for t in frames.tokens)
     info = {
         "stage": f"embed-{'dna' if loaded.kind == 'dnabert' else 'protein'}",
         "model": str(loaded.path),
-        "model_sha256": sha256(loaded.path),
+        "model_sha256": loaded.model_sha256,
         "device": str(loaded.device),
         "precision": loaded.precision,
-        "batch_tokens": run["batch_tokens"],
+        "batch_tokens": batch_tokens,
         "frames": len(frames.ids),
-        "tokens": run["tokens"],
+        "tokens": tokens,
         "load_seconds": round(loaded.load_seconds, 3),
         "read_seconds": round(frames.read_seconds, 3),
-        "embed_seconds": round(run["embed_seconds"], 3),
-        "seconds": round(frames.read_seconds + run["embed_seconds"], 3),  # writing excluded
+        "embed_seconds": round(embed_seconds, 3),
+        "seconds": round(frames.read_seconds + embed_seconds, 3),  # writing excluded
     }
     out = output_path(loaded.kind, frames.path, outdir)
     Path(outdir).mkdir(parents=True, exist_ok=True)
     write_features(out, frames.ids, features, {"info": json.dumps(info)}, dtype=feature_dtype)
-    seconds = frames.read_seconds + run["embed_seconds"] + time.perf_counter() - started
+    seconds = frames.read_seconds + embed_seconds + time.perf_counter() - started
     log.info(
         "%s: %d frames, %d tokens in %.1f s (%.0f tokens/s) -> %s",
-        loaded.label, len(frames.ids), run["tokens"], seconds,
-        run["tokens"] / max(seconds, 1e-9), out,
+        loaded.label, len(frames.ids), tokens, seconds, tokens / max(seconds, 1e-9), out,
     )  # fmt: skip
     return out
 
@@ -311,5 +313,8 @@ def embed_file(
     """Stage entry: features of every frame of a prepared file, written with their IDs.
     An empty prepared file (no frame kept in the shard) gives a file with zero rows."""
     frames = read_frames(loaded, input_path)
-    features, run = embed_frames(loaded, frames, batch_tokens, show_progress)
-    return write_frames(loaded, frames, features, run, outdir, feature_dtype)
+    budget = batch_tokens or default_batch_tokens(loaded.device, loaded.dim)
+    started = time.perf_counter()
+    features = embed_frames(loaded, frames, budget, show_progress)
+    seconds = time.perf_counter() - started
+    return write_frames(loaded, frames, features, budget, seconds, outdir, feature_dtype)

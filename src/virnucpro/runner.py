@@ -132,7 +132,7 @@ class _Shard:
     error: Exception | None = None
     counts: object = None
     frames: dict = field(default_factory=dict)  # kind -> embed.Frames
-    features: dict = field(default_factory=dict)  # kind -> (features, run record)
+    features: dict = field(default_factory=dict)  # kind -> features (N, dim) on the CPU
     peak_gpu: int = 0
     seconds: dict = field(default_factory=dict)  # where the time went, for run.json
 
@@ -229,7 +229,7 @@ def _work(
                                 "esm2": read_frames(esm, protein)}  # fmt: skip
             except Exception as e:  # a failed shard must not stop the others
                 shard.error = e
-            shard.seconds["prepare"] = round(time.perf_counter() - shard.started, 3)
+            shard.seconds["prepare"] = time.perf_counter() - shard.started
             ready.put(shard)
         ready.put(None)
 
@@ -238,9 +238,10 @@ def _work(
         started = time.perf_counter()
         try:
             outputs = {}
-            for kind, (features, run) in shard.features.items():
+            for kind, features in shard.features.items():
                 shard.stage = STAGES[kind]
-                outputs[kind] = write_frames(models[kind], shard.frames[kind], features, run,
+                outputs[kind] = write_frames(models[kind], shard.frames[kind], features,
+                                             budgets[kind], shard.seconds[STAGES[kind]],
                                              config.work, config.feature_dtype)  # fmt: skip
             shard.stage = "classify"
             classify(outputs["dnabert"], outputs["esm2"], classifier, classifier_path,
@@ -253,10 +254,11 @@ def _work(
             shard.error = e
             report_failure(shard)
             return
-        shard.seconds["finish"] = round(time.perf_counter() - started, 3)
+        shard.seconds["finish"] = time.perf_counter() - started
         stats = {"seconds": round(time.perf_counter() - shard.started, 3),
                  "sequences": shard.counts.sequences,
-                 "frames": shard.counts.frames_kept, **shard.seconds}  # fmt: skip
+                 "frames": shard.counts.frames_kept,
+                 **{key: round(value, 3) for key, value in shard.seconds.items()}}  # fmt: skip
         if cuda:
             stats["peak_gpu_gib"] = round(shard.peak_gpu / 2**30, 2)
             if shard.peak_gpu > 0.9 * total_memory:
@@ -274,7 +276,7 @@ def _work(
             waiting_since = time.perf_counter()
             if (shard := ready.get()) is None:
                 break
-            shard.seconds["gpu_waited"] = round(time.perf_counter() - waiting_since, 3)
+            shard.seconds["gpu_waited"] = time.perf_counter() - waiting_since
             if crash == shard.prefix and shard.attempt == 0:
                 os._exit(70)  # test hook: a worker that dies mid-shard
             if shard.error is not None:
@@ -295,13 +297,8 @@ def _work(
                 for kind, stage in STAGES.items():
                     shard.stage = stage
                     started = time.perf_counter()
-                    features = queued[kind].gather()
-                    shard.seconds[stage] = round(
-                        shard.seconds[stage] + time.perf_counter() - started, 3
-                    )
-                    run = {"batch_tokens": budgets[kind], "embed_seconds": shard.seconds[stage],
-                           "tokens": sum(len(t) for t in shard.frames[kind].tokens)}  # fmt: skip
-                    shard.features[kind] = (features, run)
+                    shard.features[kind] = queued[kind].gather()
+                    shard.seconds[stage] += time.perf_counter() - started
                 if cuda:
                     shard.peak_gpu = torch.cuda.max_memory_allocated(esm.device)
             except Exception as e:  # a failed shard must not stop the others
