@@ -54,3 +54,24 @@ def test_compiled_matches_eager_and_never_recompiles(models: Path, kind: str) ->
         expected, got = features(eager, tokens), features(compiled, tokens)
         assert (got - expected).abs().max().item() <= 1e-5
     assert counters["stats"]["unique_graphs"] == graphs_after_warm_up
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert"])
+def test_attention_never_takes_cudnn(models: Path, kind: str, monkeypatch) -> None:
+    """cuDNN attention plans anew for every batch shape (up to a second each on the H100):
+    the layer loop must run attention with that backend switched off."""
+    import virnucpro.models.compiled as compiled_module
+
+    cudnn_allowed: list[bool] = []
+    sdpa = compiled_module.F.scaled_dot_product_attention
+
+    def recording_sdpa(*args, **kwargs):
+        cudnn_allowed.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(compiled_module.F, "scaled_dot_product_attention", recording_sdpa)
+    path = models / ("esm2.pt" if kind == "esm2" else DNABERT_DIRNAME)
+    loaded = load_model(kind, path, "cpu", "fp32")
+    features(loaded, [[5, 6, 7, 8], [5, 6, 7]])
+    assert cudnn_allowed and not any(cudnn_allowed)
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # switched off only inside the loop

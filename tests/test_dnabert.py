@@ -215,3 +215,32 @@ def test_tokenizer_never_truncates(demo: Path) -> None:
     tok.save(str(path))
     _, tokenizer = load_dnabert(demo)
     assert len(tokenizer.encode("ACGT" * 50)) > 8
+
+
+def test_embed_dna_tokenizing_in_chunks_matches_one_sequence_at_a_time(
+    demo: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """embed-dna tokenizes chunks of frames on a second thread while the model runs the
+    chunks before; rows must still come back in file order with each frame's own features."""
+    import random
+
+    from virnucpro import embed
+    from virnucpro.features import read_features
+
+    rng = random.Random(3)
+    sequences = ["".join(rng.choice("ACGT") for _ in range(rng.randint(1, 90))) for _ in range(23)]
+    fasta = tmp_path / "x.nucleotide.fa"
+    fasta.write_text("".join(f">f{i} note\n{s}\n" for i, s in enumerate(sequences)))
+    monkeypatch.setattr(embed, "TOKENIZE_CHUNK_FRAMES", 4)  # 6 chunks, the last one short
+    loaded = embed.load_model("dnabert", demo, "cpu", "fp32")
+    out = embed.embed_file(loaded, fasta, tmp_path / "out", 64, "float32", show_progress=False)
+    ids, features, metadata = read_features(out)
+    assert ids == [f"f{i}" for i in range(len(sequences))]
+    tokenizer = loaded.tokenizer
+    with torch.inference_mode():
+        for row, seq in enumerate(sequences):
+            single = dnabert_mean_embeddings(loaded.model, [tokenizer.encode(seq)], 3)[0]
+            assert torch.allclose(features[row], single, atol=1e-5, rtol=0)
+    info = json.loads(metadata["info"])
+    assert info["tokens"] == sum(len(tokenizer.encode(s)) for s in sequences)
+    assert info["frames"] == len(sequences)
