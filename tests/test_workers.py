@@ -157,3 +157,22 @@ def test_every_shard_failed_writes_no_results(demo, tmp_path):
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["failed_files.txt", "work"]
+
+
+def test_models_that_do_not_fit_stop_the_run_cleanly(demo, tmp_path):
+    """The workers find it while the first shards are being prepared beside the load: one
+    line, exit 2, and no work directory or outputs left behind."""
+    import shutil
+
+    from virnucpro.models.classifier import MLPClassifier, write_classifier
+
+    models = tmp_path / "models"
+    shutil.copytree(demo, models)
+    write_classifier(MLPClassifier(10), models / "classifier_500.safetensors")
+    out = tmp_path / "out"
+    result = predict(models, out, "--workers", "2")
+    assert result.returncode == 2, result.stderr
+    assert "classifier expects 10 features" in result.stderr
+    assert "Traceback" not in result.stderr
+    time.sleep(1)  # a prepare process that outlived its worker would write by now
+    assert not out.exists() or list(out.iterdir()) == []

@@ -1,11 +1,12 @@
 """Worker processes for predict: one per GPU (or --workers on the CPU).
 
-Each worker loads the models once on its device, says it is ready, and then holds two
-shards at a time (one on the GPU, the next being prepared): the main process hands the next
-shard to whichever worker reports back (done, with its timings and peak memory, or failed,
-with the stage and message), so a slow device never holds the others back, and the main
-process always knows which shards each worker holds. A worker that dies is replaced and the
-shard it was working on gets one more try.
+Each worker is handed three shards as it starts (prepared while it loads the models) and
+then holds three at a time (one finishing on the GPU, the next queued behind it, the third
+being prepared): the main process hands the next shard to whichever worker reports back
+(done, with its timings and peak memory, or failed, with the stage and message), so a slow
+device never holds the others back, and the main process always knows which shards each
+worker holds and which it has put on its device. A worker that dies is replaced and the
+shards it had on its device get one more try; a retried shard runs alone.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ FAIL_ENV = "VIRNUCPRO_TEST_FAIL"  # "shard_00002:embed-dna"
 CRASH_ENV = "VIRNUCPRO_TEST_CRASH"  # "shard_00003"
 
 STAGES = {"dnabert": "embed-dna", "esm2": "embed-protein"}  # in the order they run
-# Shards a worker holds at once: one on the GPU, the next being prepared.
-SHARDS_PER_WORKER = 2
+# Shards a worker holds at once: one finishing on the GPU, one queued behind it (queuing
+# blocks once the GPU's launch queue is full, so it is under way too), one being prepared.
+SHARDS_PER_WORKER = 3
 
 
 @dataclass(frozen=True)
@@ -146,8 +148,9 @@ def _work(
 ) -> None:  # fmt: skip
     """Load the models once, then shard after shard, in three threads so that the GPU never
     waits on the host: a feeder prepares and tokenizes the next shard (the main process
-    hands each worker two shards at a time), this thread runs the models, a finisher writes
-    the features, classifies and reports the shard."""
+    hands each worker three shards at a time), this thread queues its batches on the GPU
+    before it waits for the previous shard's features, a finisher writes the features,
+    classifies and reports the shard."""
     root = logging.getLogger()
     root.handlers = [logging.handlers.QueueHandler(log_queue)]
     root.setLevel(config.log_level)
@@ -174,32 +177,7 @@ def _work(
             torch.set_num_threads(config.threads)
 
     set_threads()
-    esm_path, dna_path, classifier_path = config.models
-    try:
-        classifier = load_classifier(classifier_path)
-        dna = load_model("dnabert", dna_path, device, config.precision, compile=config.compile)
-        esm = load_model("esm2", esm_path, device, config.precision, compile=config.compile)
-        if dna.dim + esm.dim != classifier.input_dim:
-            raise VirnucproError(
-                f"{classifier_path}: classifier expects {classifier.input_dim} features, "
-                f"DNABERT-S + ESM-2 give {dna.dim} + {esm.dim}"
-            )
-    except Exception as e:  # noqa: BLE001 (any load failure: report it, do not restart)
-        message = str(e) if isinstance(e, VirnucproError) else f"{device}: {type(e).__name__}: "
-        if not isinstance(e, VirnucproError):
-            message += " ".join(str(e).split())[:300]
-        results.put(("broken", name, message))
-        return
-    models = {"dnabert": dna, "esm2": esm}
-    budgets = {
-        "dnabert": config.dna_batch_tokens or default_batch_tokens(dna.device, dna.dim),
-        "esm2": config.esm_batch_tokens or default_batch_tokens(esm.device, esm.dim),
-    }
-    cuda = esm.device.type == "cuda"
-    total_memory = torch.cuda.get_device_properties(esm.device).total_memory if cuda else 0
     vlog = logging.getLogger("virnucpro")
-    vlog.info("worker ready: precision %s, ESM-2 batch %s tokens", esm.precision,
-              config.esm_batch_tokens or "sized from free memory")  # fmt: skip
     fail = os.environ.get(FAIL_ENV, "")
     crash = os.environ.get(CRASH_ENV, "")
 
@@ -223,15 +201,58 @@ def _work(
             done_marker(config.work, shard.prefix).unlink(missing_ok=True)
             try:
                 check_hook(shard)
-                shard.counts = prepare_in_subprocess(shard.path, config, shard.prefix)
+                with preparing:
+                    if load_failed:
+                        return
+                    shard.counts = prepare_in_subprocess(shard.path, config, shard.prefix)
+                waiting_since = time.perf_counter()
+                models_loaded.wait()  # prepare runs beside the load; tokenizing needs it
+                if load_failed:
+                    return
+                shard.seconds["models_waited"] = time.perf_counter() - waiting_since
                 nucleotide, protein, _ = prepare_outputs(config.work, shard.prefix)
                 shard.frames = {"dnabert": read_frames(dna, nucleotide),
                                 "esm2": read_frames(esm, protein)}  # fmt: skip
             except Exception as e:  # a failed shard must not stop the others
                 shard.error = e
-            shard.seconds["prepare"] = time.perf_counter() - shard.started
+            shard.seconds["prepare"] = (time.perf_counter() - shard.started
+                                        - shard.seconds.get("models_waited", 0))  # fmt: skip
             ready.put(shard)
         ready.put(None)
+
+    # The feeder starts on the first shards (prepare needs no model) while the models load.
+    models_loaded, load_failed = threading.Event(), False
+    preparing = threading.Lock()  # held while a prepare process runs
+    ready: queue.Queue = queue.Queue(maxsize=1)  # one shard prepared ahead
+    threading.Thread(target=feed, args=(ready,), name="feeder", daemon=True).start()
+    esm_path, dna_path, classifier_path = config.models
+    try:
+        classifier = load_classifier(classifier_path)
+        dna = load_model("dnabert", dna_path, device, config.precision, compile=config.compile)
+        esm = load_model("esm2", esm_path, device, config.precision, compile=config.compile)
+        if dna.dim + esm.dim != classifier.input_dim:
+            raise VirnucproError(
+                f"{classifier_path}: classifier expects {classifier.input_dim} features, "
+                f"DNABERT-S + ESM-2 give {dna.dim} + {esm.dim}"
+            )
+    except Exception as e:  # noqa: BLE001 (any load failure: report it, do not restart)
+        message = str(e) if isinstance(e, VirnucproError) else f"{device}: {type(e).__name__}: "
+        if not isinstance(e, VirnucproError):
+            message += " ".join(str(e).split())[:300]
+        with preparing:  # a prepare under way ends before the main process cleans up
+            load_failed = True
+        models_loaded.set()
+        results.put(("broken", name, message))
+        return
+    models = {"dnabert": dna, "esm2": esm}
+    budgets = {
+        "dnabert": config.dna_batch_tokens or default_batch_tokens(dna.device, dna.dim),
+        "esm2": config.esm_batch_tokens or default_batch_tokens(esm.device, esm.dim),
+    }
+    cuda = esm.device.type == "cuda"
+    total_memory = torch.cuda.get_device_properties(esm.device).total_memory if cuda else 0
+    vlog.info("worker ready: precision %s, ESM-2 batch %s tokens", esm.precision,
+              config.esm_batch_tokens or "sized from free memory")  # fmt: skip
 
     def finish(shard: _Shard) -> None:
         """Finisher thread: features written, classified, marked done and reported."""
@@ -267,49 +288,86 @@ def _work(
                              total_memory / 2**30)  # fmt: skip
         results.put(("done", name, shard.prefix, stats))
 
-    ready: queue.Queue = queue.Queue(maxsize=1)  # one shard prepared ahead
-    threading.Thread(target=feed, args=(ready,), name="feeder", daemon=True).start()
+    def launch(shard: _Shard) -> dict | None:
+        """Queue both models' batches of a shard (DNABERT-S, then ESM-2) without waiting for
+        the GPU; None if that failed (reported)."""
+        results.put(("launched", name, shard.prefix))
+        if crash == shard.prefix and shard.attempt == 0:
+            results.close()  # the report above goes out first, as it would before a crash
+            results.join_thread()
+            os._exit(70)  # test hook: a worker that dies mid-shard
+        try:
+            queued = {}
+            for kind, stage in STAGES.items():
+                shard.stage = stage
+                check_hook(shard)
+                started = time.perf_counter()
+                queued[kind] = models[kind].queue(shard.frames[kind].tokens, budgets[kind])
+                shard.seconds[stage] = time.perf_counter() - started
+            vlog.debug("%s: batches queued", shard.prefix)
+            return queued
+        except Exception as e:  # a failed shard must not stop the others
+            shard.error = e
+            report_failure(shard)
+            return None
+
+    def collect(shard: _Shard, queued: dict) -> bool:
+        """Wait for a launched shard's features and hand it to the finisher."""
+        try:
+            for kind, stage in STAGES.items():
+                shard.stage = stage
+                started = time.perf_counter()
+                shard.features[kind] = queued[kind].gather()
+                shard.seconds[stage] += time.perf_counter() - started
+        except Exception as e:  # a failed shard must not stop the others
+            shard.error = e
+            report_failure(shard)
+            return False
+        if cuda:  # the peak since the last shard was collected
+            shard.peak_gpu = torch.cuda.max_memory_allocated(esm.device)
+            torch.cuda.reset_peak_memory_stats(esm.device)
+        vlog.debug("%s: features gathered", shard.prefix)
+        finisher.submit(finish, shard)
+        return True
+
+    models_loaded.set()
     results.put(("ready", name))
     failures_in_a_row = 0
+    # One shard in flight: the next shard's batches are queued before the last one's are
+    # waited for, so the GPU goes from shard to shard without waiting for the host.
+    in_flight: tuple[_Shard, dict] | None = None
+
+    def collect_in_flight() -> None:
+        nonlocal in_flight, failures_in_a_row
+        if in_flight is not None:
+            ok = collect(*in_flight)
+            in_flight = None
+            # two failures in a row: the device may be broken; this worker ends and the
+            # main process starts a fresh one
+            failures_in_a_row = 0 if ok else failures_in_a_row + 1
+
     with ThreadPoolExecutor(1, "finisher", set_threads) as finisher:
         while failures_in_a_row < 2:
+            if ready.empty():  # nothing to queue behind the shard in flight: finish it
+                collect_in_flight()
             waiting_since = time.perf_counter()
             if (shard := ready.get()) is None:
                 break
             shard.seconds["gpu_waited"] = time.perf_counter() - waiting_since
-            if crash == shard.prefix and shard.attempt == 0:
-                os._exit(70)  # test hook: a worker that dies mid-shard
             if shard.error is not None:
                 report_failure(shard)
                 continue
-            try:
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats(esm.device)
-                # both models' batches queued before waiting for either: the GPU goes from
-                # DNABERT-S to ESM-2 without waiting for the host
-                queued = {}
-                for kind, stage in STAGES.items():
-                    shard.stage = stage
-                    check_hook(shard)
-                    started = time.perf_counter()
-                    queued[kind] = models[kind].queue(shard.frames[kind].tokens, budgets[kind])
-                    shard.seconds[stage] = time.perf_counter() - started
-                for kind, stage in STAGES.items():
-                    shard.stage = stage
-                    started = time.perf_counter()
-                    shard.features[kind] = queued[kind].gather()
-                    shard.seconds[stage] += time.perf_counter() - started
-                if cuda:
-                    shard.peak_gpu = torch.cuda.max_memory_allocated(esm.device)
-            except Exception as e:  # a failed shard must not stop the others
-                shard.error = e
-                report_failure(shard)
-                # two failures in a row: the device may be broken; this worker ends and
-                # the main process starts a fresh one
+            if shard.attempt > 0:  # a retry runs alone: if it kills the worker again, it
+                collect_in_flight()  # is the only shard charged for it
+            queued = launch(shard)
+            collect_in_flight()
+            if queued is None:
                 failures_in_a_row += 1
                 continue
-            failures_in_a_row = 0
-            finisher.submit(finish, shard)
+            in_flight = (shard, queued)
+            if shard.attempt > 0:
+                collect_in_flight()
+        collect_in_flight()
 
 
 def run_shards(
@@ -329,6 +387,7 @@ def run_shards(
     waiting = [(prefix, 0) for prefix in outcomes]  # (shard, attempt), in order
     workers: dict[str, tuple[multiprocessing.Process, str, object]] = {}
     holding: dict[str, list[str]] = {}  # worker -> the shards it was handed, unreported
+    launched: dict[str, set[str]] = {}  # worker -> the shards of those it put on its device
     serial = 0
 
     def start(device: str) -> None:
@@ -338,7 +397,8 @@ def run_shards(
         args = (name, device, config, tasks, results, log_queue)
         process = context.Process(target=_worker, name=name, args=args, daemon=True)
         process.start()
-        workers[name], holding[name] = (process, device, tasks), []
+        workers[name], holding[name], launched[name] = (process, device, tasks), [], set()
+        hand_out(name)  # its first shards are prepared while it loads the models
 
     def hand_out(name: str) -> None:
         while waiting and len(holding[name]) < SHARDS_PER_WORKER:
@@ -370,8 +430,11 @@ def run_shards(
                 if kind == "broken":  # a model failed to load: nothing can run
                     fatal = message[2]
                     break
+                if kind == "launched" and name in launched:
+                    launched[name].add(message[2])
                 if kind in ("failed", "done") and message[2] in holding.get(name, []):
                     holding[name].remove(message[2])
+                    launched[name].discard(message[2])
                 if kind == "failed":
                     prefix, stage, error = message[2:5]
                     outcomes[prefix].failed_stage, outcomes[prefix].error = stage, error
@@ -387,17 +450,17 @@ def run_shards(
                 if process.is_alive():
                     continue
                 del workers[name]
-                lost = holding.pop(name)
+                lost, under_way = holding.pop(name), launched.pop(name)
                 restarts += 1
                 if restarts > 2 * len(devices) + len(shards):
                     fatal = f"workers keep dying (last exit code {process.exitcode})"
                 log.warning("%s (%s) died (exit code %s); starting a new one", name, device,
                             process.exitcode)  # fmt: skip
-                # Shards are worked on in the order handed out: the first was under way (a
-                # try, unless the worker retired after failures), the others had not begun.
-                for position, prefix in reversed(list(enumerate(lost))):
+                # A shard on the device when the worker died had a try (unless the worker
+                # retired after failures); the others go back to the queue as they were.
+                for prefix in reversed(lost):
                     outcome = outcomes[prefix]
-                    tried = position == 0 and process.exitcode != 0
+                    tried = prefix in under_way and process.exitcode != 0
                     attempt = outcome.attempts if tried else outcome.attempts - 1
                     if attempt < 2:
                         waiting.insert(0, (prefix, attempt))
