@@ -1,0 +1,81 @@
+"""Where `virnucpro embed-dna` spends its time on the GPU: tokenizing, the model alone on
+ready token lists (per batch budget, packed or one-length batches), and the product path.
+
+    python benchmarks/dnabert_breakdown.py --out results/   # on a CUDA machine
+
+Same input and model shapes as gpu_benchmark.py (DNABERT-S 12 x 768, BPE vocabulary 4096,
+random weights; the 500 bp frames of 4,000 synthetic sequences), compiled layers, bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import gpu_benchmark as bench
+import torch
+
+from virnucpro.embed import queue_tokens
+from virnucpro.progress import StageProgress
+
+
+def timed(run, *args) -> float:
+    bench.sync()
+    started = time.perf_counter()
+    run(*args)
+    bench.sync()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/virnucpro-dnabert"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    fasta = work / "input.fa"
+    bench.write_input(fasta, 4000, seed=1)
+    bench.write_dnabert_s(work / "dnabert-s", fasta)
+    bench.prepare(fasta, 500, work / "c500", "input")
+    nucleotide = work / "c500" / "input.nucleotide.fa"
+    model = bench.load_model("dnabert", work / "dnabert-s", "cuda", "bf16", compile=True)
+    sequences = [r.sequence for r in bench.read_fasta(nucleotide)]
+    results: dict = {"gpu": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d")}
+
+    seconds = [timed(model.tokenize, sequences) for _ in range(2)]
+    tokens = model.tokenize(sequences)
+    count = sum(map(len, tokens))
+    results["tokens"] = count
+    results["tokenize_s"] = min(seconds)
+    print(f"{len(tokens):,} frames, {count:,} tokens; tokenizing {min(seconds):.3f} s")
+
+    quiet = StageProgress("DNABERT-S", 0, "frames", enabled=False)
+    for budget in (65536, 131072, 218453):
+        for one_length in (False, True):
+            # the second of two passes: each new batch shape costs the compiled model once
+            def model_alone(budget: int = budget, one_length: bool = one_length) -> None:
+                queue_tokens(tokens, model.run, model.dim, budget, quiet, one_length).gather()
+
+            runs = [timed(model_alone) for _ in range(2)]
+            key = f"model_{budget}_{'one_length' if one_length else 'packed'}"
+            results[key] = {"seconds": runs[1], "tokens_per_s": count / runs[1]}
+            print(f"model alone, {budget:,} tokens/batch, "
+                  f"{'one-length' if one_length else 'packed'} batches: {runs[1]:.3f} s = "
+                  f"{count / runs[1]:,.0f} tokens/s")  # fmt: skip
+
+    bench.product_embed(model, nucleotide, work / "c500", None)  # its first pass
+    product = bench.product_embed(model, nucleotide, work / "c500", None)
+    product.pop("path")
+    results["product"] = product
+    print(f"product path (embed_file, default budget {product['batch_tokens']:,}): "
+          f"{product['seconds']:.3f} s = {product['tokens_per_s']:,.0f} tokens/s (reading "
+          f"{product['read_s']:.3f} s, tokenizing + model {product['embed_s']:.3f} s)")  # fmt: skip
+    (args.out / "dnabert_breakdown.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
