@@ -1,8 +1,8 @@
 """Worker processes for predict: one per GPU (or --workers on the CPU).
 
-Each worker is handed three shards as it starts (prepared while it loads the models) and
-then holds three at a time (one finishing on the GPU, the next queued behind it, the third
-being prepared): the main process hands the next shard to whichever worker reports back
+Each worker is handed a shard as it starts (prepared while it loads the models) and then
+holds three at a time (one finishing on the GPU, the next queued behind it, the third being
+prepared): the main process hands the next shard to whichever worker reports back
 (done, with its timings and peak memory, or failed, with the stage and message), so a slow
 device never holds the others back, and the main process always knows which shards each
 worker holds and which it has put on its device. A worker that dies is replaced and the
@@ -404,10 +404,12 @@ def run_shards(
         process = context.Process(target=_worker, name=name, args=args, daemon=True)
         process.start()
         workers[name], holding[name], launched[name] = (process, device, tasks), [], set()
-        hand_out(name)  # its first shards are prepared while it loads the models
+        # one shard to prepare while it loads the models; the rest once it is ready, so that
+        # on a small input the shards spread over every GPU
+        hand_out(name, 1)
 
-    def hand_out(name: str) -> None:
-        while waiting and len(holding[name]) < SHARDS_PER_WORKER:
+    def hand_out(name: str, up_to: int = SHARDS_PER_WORKER) -> None:
+        while waiting and len(holding[name]) < up_to:
             prefix, attempt = waiting.pop(0)
             outcomes[prefix].attempts = attempt + 1
             holding[name].append(prefix)
