@@ -336,6 +336,8 @@ def _work(
         finisher.submit(finish, shard)
         return True
 
+    if cuda:  # shards' peaks leave out the load and the compile warm-up
+        torch.cuda.reset_peak_memory_stats(esm.device)
     models_loaded.set()
     results.put(("ready", name))
     failures_in_a_row = 0
