@@ -59,6 +59,7 @@ def test_same_files_for_any_worker_count(demo, clean, tmp_path, workers):
     assert results(tmp_path / "out") == clean
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["parameters"]["workers"] == ["cpu"] * int(workers)
+    assert [s["device"] for s in run["shard_seconds"].values()] == ["cpu"] * 7
 
 
 def test_failed_shard_is_reported_and_resume_completes_it(demo, clean, tmp_path):

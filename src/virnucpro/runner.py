@@ -282,7 +282,7 @@ def _work(
             report_failure(shard)
             return
         shard.seconds["finish"] = time.perf_counter() - started
-        stats = {"seconds": round(time.perf_counter() - shard.started, 3),
+        stats = {"device": device, "seconds": round(time.perf_counter() - shard.started, 3),
                  "sequences": shard.counts.sequences,
                  "frames": shard.counts.frames_kept,
                  **{key: round(value, 3) for key, value in shard.seconds.items()}}  # fmt: skip
