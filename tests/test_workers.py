@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from virnucpro.models.classifier import MLPClassifier, write_classifier
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "example.fa"
@@ -161,12 +164,8 @@ def test_every_shard_failed_writes_no_results(demo, tmp_path):
 
 
 def test_models_that_do_not_fit_stop_the_run_cleanly(demo, tmp_path):
-    """The workers find it while the first shards are being prepared beside the load: one
+    """The workers find it while their first shard is being prepared beside the load: one
     line, exit 2, and no work directory or outputs left behind."""
-    import shutil
-
-    from virnucpro.models.classifier import MLPClassifier, write_classifier
-
     models = tmp_path / "models"
     shutil.copytree(demo, models)
     write_classifier(MLPClassifier(10), models / "classifier_500.safetensors")
