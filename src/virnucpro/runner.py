@@ -226,7 +226,7 @@ def _work(
             ready.put(shard)
         ready.put(None)
 
-    # The feeder starts on the first shards (prepare needs no model) while the models load.
+    # The feeder starts on its first shard (prepare needs no model) while the models load.
     models_loaded, load_failed = threading.Event(), False
     preparing = threading.Lock()  # held while a prepare process runs
     ready: queue.Queue = queue.Queue(maxsize=1)  # one shard prepared ahead
