@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -120,6 +121,30 @@ def write_input(path: Path, sequences: int, seed: int) -> None:
             out.write(f">s{i}\n{seq}\n")
 
 
+def write_models_and_input(work: Path, sequences: int) -> tuple[Path, MLPClassifier]:
+    """The benchmark input (work/input.fa, prepared with 500 and 300 bp chunks in work/c500
+    and work/c300) and the real-size random-weight models in work/models; returns the input
+    and the classifier."""
+    models = work / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    esm_path = models / "esm2_t36_3B_UR50D.pt"
+    fasta = work / "input.fa"
+    write_input(fasta, sequences, seed=1)
+    if not esm_path.exists():
+        write_esm2_3b(esm_path)
+    write_dnabert_s(models / "dnabert-s", fasta)
+    torch.manual_seed(0)
+    classifier = MLPClassifier(768 + 2560).eval()
+    with torch.no_grad():
+        classifier.bn1.running_var.uniform_(0.5, 1.5)
+    write_classifier(classifier, models / "classifier_500.safetensors")
+    write_classifier(classifier, models / "classifier_300.safetensors")
+    for size in (500, 300):
+        prepare(fasta, size, work / f"c{size}", "input")
+    sha256(esm_path)  # the models' checksum (cached beside them) is not what we time
+    return fasta, classifier
+
+
 def load_fair_esm(path: Path):
     import esm
 
@@ -203,21 +228,25 @@ def compiled_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def predict_run(fasta: Path, work: Path, paths, use_compile: bool, esm_tokens: int) -> dict:
-    """`predict` end to end (FASTA in, summary out) in this process's workers."""
+def predict_run(
+    fasta: Path, work: Path, paths, use_compile: bool, esm_tokens: int, gpus: str | None = None
+) -> dict:
+    """`predict` end to end (FASTA in, summary out) in this process's workers, on the GPUs
+    listed (default: all)."""
     from virnucpro.predict import predict
 
     shutil.rmtree(work / "predict", ignore_errors=True)
     run = predict(fasta, work / "predict", paths, device="cuda", precision="bf16",
-                  compile=use_compile)  # fmt: skip
+                  compile=use_compile, gpus=gpus)  # fmt: skip
     record = json.loads(run.outputs["run"].read_text())
     wall = record["wall_seconds"]
     after_ready = wall["total"] - wall["workers_ready"]
     per_shard = record["shard_seconds"].values()
     shard_sums = {key: round(sum(s.get(key, 0) for s in per_shard), 2) for key in
                   ("prepare", "gpu_waited", "embed-dna", "embed-protein", "finish")}  # fmt: skip
+    devices = Counter(s["device"] for s in per_shard)
     return {"compiled": use_compile, "stages": wall, "shard_sums": shard_sums,
-            "shards": len(record["shard_seconds"]),
+            "shards": len(record["shard_seconds"]), "shards_per_device": dict(devices),
             "esm_tokens_per_s": esm_tokens / wall["total"],
             "esm_tokens_per_s_after_load": esm_tokens / after_ready}  # fmt: skip
 
@@ -265,23 +294,9 @@ def main() -> None:
     results["matmul_tflops"] = matmul_peak()
     report(f"matmul bf16 peak {results['matmul_tflops']:.0f} TFLOP/s")
 
+    fasta, classifier = write_models_and_input(work, args.sequences)
     models = work / "models"
-    models.mkdir(exist_ok=True)
     esm_path = models / "esm2_t36_3B_UR50D.pt"
-    fasta = work / "input.fa"
-    write_input(fasta, args.sequences, seed=1)
-    if not esm_path.exists():
-        write_esm2_3b(esm_path)
-    write_dnabert_s(models / "dnabert-s", fasta)
-    torch.manual_seed(0)
-    classifier = MLPClassifier(768 + 2560).eval()
-    with torch.no_grad():
-        classifier.bn1.running_var.uniform_(0.5, 1.5)
-    write_classifier(classifier, models / "classifier_500.safetensors")
-    write_classifier(classifier, models / "classifier_300.safetensors")
-    for size in (500, 300):
-        prepare(fasta, size, work / f"c{size}", "input")
-    sha256(esm_path)  # the models' checksum (cached beside them) is not what we time
     report(f"setup {time.perf_counter() - t:.0f} s")
 
     faa500 = work / "c500" / "input.protein.faa"
