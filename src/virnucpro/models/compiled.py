@@ -1,10 +1,11 @@
-"""The transformer layer loop of both models, eager or through torch.compile.
+"""The transformer layer loop of both models, eager or with parts through torch.compile.
 
-A layer is run as two steps around the attention kernel: ``before_attention`` (projections,
-rotary) and ``after_attention`` (output projection, MLP, norms). With --compile each step
-is compiled once, with dynamic shapes, and shared by every layer; attention itself stays
-eager, so whether a batch is padded (a mask or none) never adds a compiled variant, and a
-warm-up at load time (embed.warm_up) compiles everything a run will need.
+A layer is run as two steps around the attention kernel: ``before_attention`` (norm,
+projections, rotary) and ``after_attention`` (output projection, MLP, norms). Each layer
+class runs the parts of its steps that gain from compiling through ``compiled_step``: each
+part is compiled once, with dynamic shapes, and shared by every layer. Attention itself
+stays eager, so whether a batch is padded (a mask or none) never adds a compiled variant,
+and a warm-up at load time (embed.warm_up) compiles everything a run will need.
 
 Attention never takes cuDNN's kernel: PyTorch picks it first on an H100, and it plans
 anew for every batch shape it has not seen (65-90 ms without a mask, up to 1.4 s with
@@ -25,7 +26,11 @@ _COMPILED: dict[Callable, Callable] = {}
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-def _compiled(step: Callable) -> Callable:
+def compiled_step(step: Callable, compiled: bool) -> Callable:
+    """``step`` (a plain function, the layer its first argument), or with ``compiled`` its
+    torch.compile'd version, made once and shared by every layer of every model instance."""
+    if not compiled:
+        return step
     if step not in _COMPILED:
         _COMPILED[step] = torch.compile(step, dynamic=True)
     return _COMPILED[step]
@@ -43,11 +48,10 @@ def run_layers(
     Single-row batches take the eager steps even when compiled: a dimension of size 1 is
     always specialized, so one row would force another compile mid-run (single-row batches
     are rare: one very long sequence)."""
-    before, after = type(layers[0]).before_attention, type(layers[0]).after_attention
-    if compiled and x.shape[0] > 1:
-        before, after = _compiled(before), _compiled(after)
+    compiled = compiled and x.shape[0] > 1
     with sdpa_kernel(ATTENTION_BACKENDS):
         for layer in layers:
-            q, k, v = before(layer, x, *before_args)
-            x = after(layer, x, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+            q, k, v = layer.before_attention(x, *before_args, compiled=compiled)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            x = layer.after_attention(x, y, compiled=compiled)
     return x

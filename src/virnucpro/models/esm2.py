@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from virnucpro.errors import VirnucproError
-from virnucpro.models.compiled import run_layers
+from virnucpro.models.compiled import compiled_step, run_layers
 
 # fair-esm's ESM-1b/ESM-2 alphabet (Alphabet.from_architecture("ESM-1b")), in index order.
 PROTEIN_TOKENS: list[str] = [
@@ -121,7 +121,13 @@ class SelfAttention(nn.Module):
 
 class Layer(nn.Module):
     """Pre-LayerNorm: x + out_proj(attention(LN(x))), then x + fc2(GELU(fc1(LN(x)))); run
-    as the two steps around attention that models/compiled.py expects."""
+    as the two steps around attention that models/compiled.py expects.
+
+    With --compile only ``project`` (the q/k/v projection and the rotation, one kernel
+    compiled, eight eagerly) goes through torch.compile: ATen's LayerNorm, GELU and add
+    kernels beat the ones torch.compile makes for them with dynamic shapes (the compiled
+    norms ran at half the memory bandwidth), and the layers ran 4.6 % faster with them
+    (3B shapes, H200)."""
 
     def __init__(self, embed_dim: int, heads: int) -> None:
         super().__init__()
@@ -131,18 +137,25 @@ class Layer(nn.Module):
         self.fc1 = nn.Linear(embed_dim, 4 * embed_dim)
         self.fc2 = nn.Linear(4 * embed_dim, embed_dim)
 
-    def before_attention(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    def project(
+        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q (rotated), k (rotated), v, each (B, heads, T, head_dim)."""
-        b, t, d = x.shape
+        """q (rotated), k (rotated), v, each (B, heads, T, head_dim), of the normed input."""
+        b, t, d = h.shape
         heads = self.self_attn.heads
-        qkv = self.self_attn.qkv(self.self_attn_layer_norm(x))
-        q, k, v = qkv.view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.self_attn.qkv(h).view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
         # SDPA's default 1/sqrt(head_dim) scale equals fair-esm scaling q before the rotation.
         return _rotate(q, cos, sin), _rotate(k, cos, sin), v
 
-    def after_attention(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def before_attention(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, compiled: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        project = compiled_step(Layer.project, compiled)
+        return project(self, self.self_attn_layer_norm(x), cos, sin)
+
+    def after_attention(
+        self, x: torch.Tensor, y: torch.Tensor, compiled: bool = False
+    ) -> torch.Tensor:
         b, t, d = x.shape
         x = x + self.self_attn.out_proj(y.transpose(1, 2).reshape(b, t, d))
         return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
