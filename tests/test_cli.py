@@ -628,6 +628,19 @@ def test_bad_fasta_predict(case, cli, demo, tmp_path):
     assert not (out / "work").exists()
 
 
+def test_bad_frame_file_embed_dna_after_the_first_chunk(cli, demo, tmp_path):
+    """embed-dna reads its input while the model runs: a problem found after the first chunk
+    of frames has gone to the model still gives the one-line error and no feature file."""
+    from virnucpro.embed import FIRST_CHUNK_FRAMES
+
+    assert FIRST_CHUNK_FRAMES < 1500
+    path, out = tmp_path / "x.nucleotide.fa", tmp_path / "out"
+    path.write_text("".join(f">f{i}\nACGTTGCAAGCTTAGC\n" for i in range(1500)) + ">f7\nACGT\n")
+    result = cli("embed-dna", path, "--models", demo, "--outdir", out)
+    assert_user_error(result, str(path), "duplicate ID 'f7'", log_lines_before=True)
+    assert files_under(out) == []
+
+
 def test_predict_checks_its_input_before_loading_models(cli, demo, tmp_path):
     path = tmp_path / "missing.fa"
     result = cli("predict", path, "--models", demo, "--outdir", tmp_path / "out")

@@ -220,8 +220,8 @@ def test_tokenizer_never_truncates(demo: Path) -> None:
 def test_embed_dna_tokenizing_in_chunks_matches_one_sequence_at_a_time(
     demo: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    """embed-dna tokenizes chunks of frames on a second thread while the model runs the
-    chunks before; rows must still come back in file order with each frame's own features."""
+    """embed-dna reads and tokenizes chunks of frames on a second thread while the model runs
+    the chunks before; rows must still come back in file order with each frame's own features."""
     import random
 
     from virnucpro import embed
@@ -231,7 +231,8 @@ def test_embed_dna_tokenizing_in_chunks_matches_one_sequence_at_a_time(
     sequences = ["".join(rng.choice("ACGT") for _ in range(rng.randint(1, 90))) for _ in range(23)]
     fasta = tmp_path / "x.nucleotide.fa"
     fasta.write_text("".join(f">f{i} note\n{s}\n" for i, s in enumerate(sequences)))
-    monkeypatch.setattr(embed, "TOKENIZE_CHUNK_FRAMES", 4)  # 6 chunks, the last one short
+    monkeypatch.setattr(embed, "FIRST_CHUNK_FRAMES", 2)
+    monkeypatch.setattr(embed, "TOKENIZE_CHUNK_FRAMES", 4)  # 2 + 4 x 5 + 1: the last one short
     loaded = embed.load_model("dnabert", demo, "cpu", "fp32")
     out = embed.embed_file(loaded, fasta, tmp_path / "out", 64, "float32", show_progress=False)
     ids, features, metadata = read_features(out)

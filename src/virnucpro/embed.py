@@ -8,6 +8,7 @@ halves the budget and retries the batch.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ import torch
 
 from virnucpro.device import DTYPES, setup
 from virnucpro.errors import VirnucproError
-from virnucpro.fasta import fasta_stem, read_fasta
+from virnucpro.fasta import Record, fasta_stem, read_fasta
 from virnucpro.features import write_features
 from virnucpro.models.dnabert import DnaBert, DnaTokenizer, dnabert_mean_embeddings, load_dnabert
 from virnucpro.models.esm2 import ESM2, esm2_mean_embeddings, load_esm2, tokenize_protein
@@ -37,9 +38,11 @@ CPU_BATCH_TOKENS = 8192
 # its measurements), 218,453 for DNABERT-S, whose batches are cheap enough that launching
 # them held the GPU back (its model time fell from 0.67 to 0.50 s on the benchmark input).
 MAX_GPU_BATCH_ACTIVATIONS = 65536 * 2560
-# embed-dna tokenizes in chunks of this many frames, each while the GPU runs the ones before
-# (about two full DNABERT-S batches of 500 bp frames)
+# embed-dna reads and tokenizes in chunks of this many frames, each while the GPU runs the
+# ones before (about two full DNABERT-S batches of 500 bp frames); the first chunk is smaller,
+# so the GPU starts sooner
 TOKENIZE_CHUNK_FRAMES = 4096
+FIRST_CHUNK_FRAMES = 1024
 
 
 def plan_batches(
@@ -306,44 +309,47 @@ def write_frames(
     return out
 
 
-def embed_while_tokenizing(
+def embed_while_reading(
     loaded: LoadedModel, input_path: Path, batch_tokens: int, show_progress: bool = True
 ) -> tuple[Frames, torch.Tensor, float]:
-    """read_frames + embed_frames for DNABERT-S, overlapped: its tokenizer runs in Rust
-    without holding the interpreter lock, so a second thread tokenizes the next chunk of
-    frames while this one queues the last chunk's batches and the GPU runs them. Chunks are
-    cut in order of nucleotide length, which follows the token count closely: their batches
-    stay nearly as tight as when the whole file is planned at once.
+    """read_frames + embed_frames for DNABERT-S, overlapped: a second thread reads the next
+    chunk of frames and tokenizes it (in Rust, without the interpreter lock) while this one
+    queues the last chunk's batches and the GPU runs them. The first chunk is small, so the
+    GPU starts early.
 
-    Returns the frames (read_seconds: reading the file), their features, and the seconds of
-    tokenizing and running the model."""
+    Returns the frames (read_seconds: the wait for the first chunk, the part of reading and
+    tokenizing not hidden behind the model), their features in file order, and the seconds
+    of the rest."""
     started = time.perf_counter()
-    records = list(read_fasta(Path(input_path), nucleotide=True, allow_empty=True))
-    read_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    order = sorted(range(len(records)), key=lambda i: -len(records[i].sequence))
-    chunks = [
-        order[i : i + TOKENIZE_CHUNK_FRAMES] for i in range(0, len(order), TOKENIZE_CHUNK_FRAMES)
-    ]
-    tokens: list[list[int]] = [[] for _ in records]
-    features = torch.empty(len(records), loaded.dim)
+    records = read_fasta(Path(input_path), nucleotide=True, allow_empty=True)
+
+    def next_chunk(size: int) -> tuple[list[Record], list[list[int]]]:
+        chunk = list(itertools.islice(records, size))
+        return chunk, loaded.tokenize([r.sequence for r in chunk])
+
+    ids: list[str] = []
+    tokens: list[list[int]] = []
+    queued: list[Queued] = []
+    read_seconds = 0.0
     name = f"{loaded.label} {Path(input_path).name}"
     with (
-        StageProgress(name, len(records), "frames", show_progress) as progress,
-        ThreadPoolExecutor(1) as tokenizer_thread,
+        StageProgress(name, None, "frames", show_progress) as progress,
+        ThreadPoolExecutor(1) as reader,
     ):
-        pending = [tokenizer_thread.submit(loaded.tokenize, [records[i].sequence for i in chunk])
-                   for chunk in chunks]  # fmt: skip
-        queued = []
-        for chunk, chunk_tokens in zip(chunks, pending, strict=True):
-            chunk_tokens = chunk_tokens.result()
-            for i, ids in zip(chunk, chunk_tokens, strict=True):
-                tokens[i] = ids
+        pending = reader.submit(next_chunk, FIRST_CHUNK_FRAMES)
+        while True:
+            chunk, chunk_tokens = pending.result()
+            if not queued:
+                read_seconds = time.perf_counter() - started
+            if not chunk:
+                break
+            pending = reader.submit(next_chunk, TOKENIZE_CHUNK_FRAMES)
+            ids.extend(r.id for r in chunk)
+            tokens.extend(chunk_tokens)
             queued.append(loaded.queue(chunk_tokens, batch_tokens, progress))
-        for chunk, batches in zip(chunks, queued, strict=True):
-            features[torch.tensor(chunk)] = batches.gather()
-    frames = Frames(Path(input_path), [r.id for r in records], tokens, read_seconds)
-    return frames, features, time.perf_counter() - started
+        features = torch.cat([q.gather() for q in queued]) if queued else torch.empty(0, loaded.dim)
+    frames = Frames(Path(input_path), ids, tokens, read_seconds)
+    return frames, features, time.perf_counter() - started - read_seconds
 
 
 def embed_file(
@@ -358,9 +364,7 @@ def embed_file(
     An empty prepared file (no frame kept in the shard) gives a file with zero rows."""
     budget = batch_tokens or default_batch_tokens(loaded.device, loaded.dim)
     if loaded.kind == "dnabert":
-        frames, features, seconds = embed_while_tokenizing(
-            loaded, input_path, budget, show_progress
-        )
+        frames, features, seconds = embed_while_reading(loaded, input_path, budget, show_progress)
     else:  # ESM-2 batches sequences of one length together: it needs the whole file first
         frames = read_frames(loaded, input_path)
         started = time.perf_counter()

@@ -38,9 +38,9 @@ def _live_bar(unit: str) -> Progress:
 
 class StageProgress:
     """Counts work done in a stage: ``with StageProgress("ESM-2", total, "frames") as p:
-    p.advance(n)``. Quiet when ``enabled`` is False."""
+    p.advance(n)``; ``total`` None when not known up front. Quiet when ``enabled`` is False."""
 
-    def __init__(self, stage: str, total: int, unit: str, enabled: bool = True) -> None:
+    def __init__(self, stage: str, total: int | None, unit: str, enabled: bool = True) -> None:
         self.stage, self.total, self.unit = stage, total, unit
         self.done = 0
         self._live = enabled and sys.stderr.isatty()
@@ -61,7 +61,8 @@ class StageProgress:
         elif self._log and time.monotonic() - self._last_log >= LOG_EVERY_SECONDS:
             self._last_log = time.monotonic()
             rate = self.done / max(self._last_log - self._started, 1e-9)
-            log.info("%s: %d/%d %s (%.0f/s)", self.stage, self.done, self.total, self.unit, rate)
+            done = f"{self.done}" if self.total is None else f"{self.done}/{self.total}"
+            log.info("%s: %s %s (%.0f/s)", self.stage, done, self.unit, rate)
 
     def __exit__(
         self,
