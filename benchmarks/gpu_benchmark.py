@@ -468,8 +468,8 @@ def print_table(r: dict) -> None:
     ):
         d = r[key]
         print(f"{name:44} {d['tokens_per_s']:9,.0f} {d['sequences'] / d['seconds']:7,.0f}"
-              f"   (reading {d['read_s']:.2f} s, tokenizing + model "
-              f"{d['embed_s']:.2f} s)")  # fmt: skip
+              f"   (first chunk read + tokenized {d['read_s']:.2f} s, the rest beside "
+              f"the model {d['embed_s']:.2f} s)")  # fmt: skip
     for key in ("ours_esm_500", "ours_esm_500_compiled"):
         d = r[key]
         print(f"{key}: read+tokenize {d['read_s']:.2f} s, model {d['embed_s']:.2f} s, "
