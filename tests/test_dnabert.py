@@ -232,7 +232,7 @@ def test_embed_dna_tokenizing_in_chunks_matches_one_sequence_at_a_time(
     fasta = tmp_path / "x.nucleotide.fa"
     fasta.write_text("".join(f">f{i} note\n{s}\n" for i, s in enumerate(sequences)))
     monkeypatch.setattr(embed, "FIRST_CHUNK_FRAMES", 2)
-    monkeypatch.setattr(embed, "TOKENIZE_CHUNK_FRAMES", 4)  # 2 + 4 x 5 + 1: the last one short
+    monkeypatch.setattr(embed, "LARGEST_CHUNK_FRAMES", 8)  # 2 + 4 + 8 + 8 + 1: the last short
     loaded = embed.load_model("dnabert", demo, "cpu", "fp32")
     out = embed.embed_file(loaded, fasta, tmp_path / "out", 64, "float32", show_progress=False)
     ids, features, metadata = read_features(out)
