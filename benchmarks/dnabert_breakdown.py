@@ -1,5 +1,6 @@
 """Where `virnucpro embed-dna` spends its time on the GPU: tokenizing, the model alone on
-ready token lists (per batch budget, packed or one-length batches), and the product path.
+ready token lists (per batch budget, packed or one-length batches), and the product path,
+on the benchmark input and on a default-size shard (the work of one pipeline task).
 
     python benchmarks/dnabert_breakdown.py --out results/   # on a CUDA machine
 
@@ -19,6 +20,7 @@ import torch
 
 from virnucpro.embed import queue_tokens
 from virnucpro.progress import StageProgress
+from virnucpro.split import DEFAULT_SHARD_SIZE
 
 
 def timed(run, *args) -> float:
@@ -75,6 +77,23 @@ def main() -> None:
           f"{product['seconds']:.3f} s = {product['tokens_per_s']:,.0f} tokens/s (first chunk "
           f"{product['read_s']:.3f} s, the rest read and tokenized beside the model "
           f"{product['embed_s']:.3f} s)")  # fmt: skip
+
+    # a shard of split's default size: what one embed-dna task of the pipeline gets
+    shard = work / "shard.fa"
+    bench.write_input(shard, round(DEFAULT_SHARD_SIZE / 1650), seed=2)  # lengths average 1,650
+    bench.prepare(shard, 500, work / "shard500", "shard")
+    shard_nucleotide = work / "shard500" / "shard.nucleotide.fa"
+    runs = []
+    for _ in range(3):
+        run = bench.product_embed(model, shard_nucleotide, work / "shard500", None)
+        run.pop("path")
+        runs.append(run)
+    results["product_default_shard"] = runs
+    speeds = sorted(run["tokens_per_s"] for run in runs)
+    shown = ", ".join(f"{x:,.0f}" for x in speeds)
+    print(f"product path on a default-size shard ({DEFAULT_SHARD_SIZE:,} bp: "
+          f"{runs[0]['sequences']:,} frames, {runs[0]['tokens']:,} tokens), 3 runs: "
+          f"{shown} tokens/s (median {speeds[1]:,.0f})")  # fmt: skip
     (args.out / "dnabert_breakdown.json").write_text(json.dumps(results, indent=2))
 
 
