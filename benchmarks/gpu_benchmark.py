@@ -141,7 +141,8 @@ def write_models_and_input(work: Path, sequences: int) -> tuple[Path, MLPClassif
     write_classifier(classifier, models / "classifier_300.safetensors")
     for size in (500, 300):
         prepare(fasta, size, work / f"c{size}", "input")
-    sha256(esm_path)  # the models' checksum (cached beside them) is not what we time
+    for model in (esm_path, models / "dnabert-s"):
+        sha256(model)  # the models' checksums (cached beside them) are not what we time
     return fasta, classifier
 
 
