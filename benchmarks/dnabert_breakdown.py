@@ -1,6 +1,7 @@
 """Where `virnucpro embed-dna` spends its time on the GPU: tokenizing, the model alone on
 ready token lists (per batch budget, packed or one-length batches), and the product path,
-on the benchmark input and on a default-size shard (the work of one pipeline task).
+on the benchmark input and on a default-size shard (the work of one pipeline task); then
+the product path's timeline: each batch's launch and run, and the GPU's idle gaps.
 
     python benchmarks/dnabert_breakdown.py --out results/   # on a CUDA machine
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import gpu_benchmark as bench
 import torch
 
-from virnucpro.embed import queue_tokens
+from virnucpro.embed import embed_file, queue_tokens
 from virnucpro.progress import StageProgress
 from virnucpro.split import DEFAULT_SHARD_SIZE
 
@@ -29,6 +30,67 @@ def timed(run, *args) -> float:
     run(*args)
     bench.sync()
     return time.perf_counter() - started
+
+
+def product_timeline(model, nucleotide: Path, outdir: Path) -> dict:
+    """One `embed_file` pass with every batch's launch (host clock) and run (GPU clock, CUDA
+    events) and every chunk's tokenizing recorded: where the GPU sat idle, and whether the
+    host had launched the next batch by then. Times in ms from the pass's start."""
+    batches: list[tuple] = []
+    tokenized: list[tuple] = []
+    run, tokenize = model.run, model.tokenize
+
+    def timed_run(tokens: list[list[int]]) -> torch.Tensor:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        launched = time.perf_counter()
+        start.record()
+        out = run(tokens)
+        end.record()
+        batches.append((launched, time.perf_counter(), start, end, len(tokens)))
+        return out
+
+    def timed_tokenize(sequences: list[str]) -> list[list[int]]:
+        began = time.perf_counter()
+        ids = tokenize(sequences)
+        tokenized.append((began, time.perf_counter(), len(sequences)))
+        return ids
+
+    model.run, model.tokenize = timed_run, timed_tokenize  # instance attributes shadow methods
+    try:
+        bench.sync()
+        origin = torch.cuda.Event(enable_timing=True)
+        origin.record()
+        bench.sync()
+        t0 = time.perf_counter()
+        embed_file(model, nucleotide, outdir, None, show_progress=False)
+        bench.sync()
+        total = time.perf_counter() - t0
+    finally:
+        del model.run, model.tokenize
+
+    def ms(host: float) -> float:
+        return round(1000 * (host - t0), 2)
+
+    rows = [{"rows": n, "host_launch": ms(a), "host_launched": ms(b),
+             "gpu_start": round(origin.elapsed_time(start), 2),
+             "gpu_end": round(origin.elapsed_time(end), 2)}
+            for a, b, start, end, n in batches]  # fmt: skip
+    gaps = [
+        {"before_batch": i, "idle_ms": round(row["gpu_start"] - rows[i - 1]["gpu_end"], 2),
+         "host_launched_after_gpu_ran_dry": row["host_launch"] > rows[i - 1]["gpu_end"],
+         "previous_launch_ms": round(rows[i - 1]["host_launched"] - rows[i - 1]["host_launch"], 2)}
+        for i, row in enumerate(rows) if i
+    ]  # fmt: skip
+    return {
+        "seconds": total,
+        "gpu_busy_ms": round(sum(r["gpu_end"] - r["gpu_start"] for r in rows), 1),
+        "idle_before_first_ms": rows[0]["gpu_start"] if rows else None,
+        "idle_between_ms": round(sum(g["idle_ms"] for g in gaps), 1),
+        "host_launching_ms": round(sum(r["host_launched"] - r["host_launch"] for r in rows), 1),
+        "largest_gaps": sorted(gaps, key=lambda g: -g["idle_ms"])[:5],
+        "tokenized": [{"frames": n, "from": ms(a), "to": ms(b)} for a, b, n in tokenized],
+        "batches": rows,
+    }
 
 
 def main() -> None:
@@ -94,6 +156,19 @@ def main() -> None:
     print(f"product path on a default-size shard ({DEFAULT_SHARD_SIZE:,} bp: "
           f"{runs[0]['sequences']:,} frames, {runs[0]['tokens']:,} tokens), 3 runs: "
           f"{shown} tokens/s (median {speeds[1]:,.0f})")  # fmt: skip
+
+    # the same product pass taken apart in time, three times (its speed varies run to run)
+    results["timelines"] = []
+    for _ in range(3):
+        line = product_timeline(model, nucleotide, work / "c500")
+        results["timelines"].append(line)
+        late = {True: " (launched after the GPU ran dry)", False: ""}
+        largest = ", ".join(f"{g['idle_ms']:.0f} ms{late[g['host_launched_after_gpu_ran_dry']]}"
+                            for g in line["largest_gaps"][:3])  # fmt: skip
+        print(f"timeline: {line['seconds']:.3f} s; GPU busy {line['gpu_busy_ms']:.0f} ms, idle "
+              f"before the first batch {line['idle_before_first_ms']:.0f} ms and between "
+              f"batches {line['idle_between_ms']:.0f} ms; host launching "
+              f"{line['host_launching_ms']:.0f} ms; largest gaps {largest}")  # fmt: skip
     (args.out / "dnabert_breakdown.json").write_text(json.dumps(results, indent=2))
 
 
