@@ -4,6 +4,7 @@ feature files that carry frame IDs with their rows."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 
@@ -254,3 +255,17 @@ def test_corrupt_feature_file_is_a_user_error(case, tmp_path):
 def test_missing_feature_file_is_a_user_error(tmp_path):
     with pytest.raises(VirnucproError, match="no such file"):
         read_features(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize(("total", "expected"), [(None, "DNA: 7 frames"), (9, "DNA: 7/9 frames")])
+def test_stage_progress_logs_done_with_or_without_a_total(total, expected, monkeypatch, caplog):
+    """Without a terminal, progress is logged; embed-dna reads its input as it goes, so it
+    knows no total up front and logs the frames done alone."""
+    import virnucpro.progress as progress_module
+
+    monkeypatch.setattr(progress_module, "LOG_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr(progress_module.sys.stderr, "isatty", lambda: False)
+    with caplog.at_level(logging.INFO, logger="virnucpro"):
+        with StageProgress("DNA", total, "frames") as progress:
+            progress.advance(7)
+    assert any(record.getMessage().startswith(expected) for record in caplog.records)
