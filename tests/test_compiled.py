@@ -76,3 +76,33 @@ def test_attention_never_takes_cudnn(models: Path, kind: str, monkeypatch) -> No
     features(loaded, [[5, 6, 7, 8], [5, 6, 7]])
     assert cudnn_allowed and not any(cudnn_allowed)
     assert torch.backends.cuda.cudnn_sdp_enabled()  # switched off only inside the loop
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert"])
+def test_embedding_runs_with_the_model_frozen_and_the_collector_paused(
+    models: Path, kind: str, tmp_path: Path
+) -> None:
+    """A full garbage collection walks every object, the loaded (and compiled) model's
+    included, and stops every thread: the model is frozen at load, and no collection runs
+    while a file is embedded."""
+    import gc
+
+    from virnucpro.embed import embed_file
+
+    path = models / ("esm2.pt" if kind == "esm2" else DNABERT_DIRNAME)
+    gc.unfreeze()
+    loaded = load_model(kind, path, "cpu", "fp32")
+    assert gc.get_freeze_count() > 0
+    collector_enabled: list[bool] = []
+    run = loaded.run
+
+    def recording_run(tokens: list[list[int]]) -> torch.Tensor:
+        collector_enabled.append(gc.isenabled())
+        return run(tokens)
+
+    loaded.run = recording_run  # the instance attribute shadows the method
+    fasta = tmp_path / ("x.protein.faa" if kind == "esm2" else "x.nucleotide.fa")
+    fasta.write_text(">a\nMKV\n>b\nMKVLA\n" if kind == "esm2" else ">a\nACGT\n>b\nACGTAC\n")
+    embed_file(loaded, fasta, tmp_path / "out", 64, show_progress=False)
+    assert collector_enabled and not any(collector_enabled)
+    assert gc.isenabled()

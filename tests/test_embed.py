@@ -3,6 +3,7 @@ feature files that carry frame IDs with their rows."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -12,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from virnucpro.embed import plan_batches, queue_tokens
+from virnucpro.embed import collector_paused, plan_batches, queue_tokens
 from virnucpro.errors import VirnucproError
 from virnucpro.features import read_features, write_features
 from virnucpro.progress import StageProgress
@@ -269,3 +270,23 @@ def test_stage_progress_logs_done_with_or_without_a_total(total, expected, monke
         with StageProgress("DNA", total, "frames") as progress:
             progress.advance(7)
     assert any(record.getMessage().startswith(expected) for record in caplog.records)
+
+
+# --------------------------------------------------------------------------------------
+# collector_paused
+# --------------------------------------------------------------------------------------
+
+
+def test_collector_paused_restores_the_collector_as_it_was():
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("a failed pass")
+    assert gc.isenabled()  # re-enabled after an error too
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # paused by the caller: left paused
+    finally:
+        gc.enable()

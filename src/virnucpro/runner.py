@@ -172,7 +172,13 @@ def _work(
     import torch
 
     from virnucpro.classify import classify
-    from virnucpro.embed import default_batch_tokens, load_model, read_frames, write_frames
+    from virnucpro.embed import (
+        collector_paused,
+        default_batch_tokens,
+        load_model,
+        read_frames,
+        write_frames,
+    )
     from virnucpro.models.classifier import load_classifier
     from virnucpro.prepare import prepare_outputs
 
@@ -293,6 +299,7 @@ def _work(
                              "--esm-batch-size", shard.prefix, shard.peak_gpu / 2**30,
                              total_memory / 2**30)  # fmt: skip
         results.put(("done", name, shard.prefix, stats))
+        gc.collect()  # the worker loop runs with the collector paused: once per shard here
 
     def launch(shard: _Shard) -> dict | None:
         """Queue both models' batches of a shard (DNABERT-S, then ESM-2) without waiting for
@@ -354,7 +361,9 @@ def _work(
             # main process starts a fresh one
             failures_in_a_row = 0 if ok else failures_in_a_row + 1
 
-    with ThreadPoolExecutor(1, "finisher", set_threads) as finisher:
+    # Collections would stop the thread queuing GPU batches (see collector_paused); the
+    # finisher collects once per shard instead.
+    with collector_paused(), ThreadPoolExecutor(1, "finisher", set_threads) as finisher:
         while failures_in_a_row < 2:
             if ready.empty():  # nothing to queue behind the shard in flight: finish it
                 collect_in_flight()
