@@ -179,6 +179,7 @@ def _work(
         read_frames,
         write_frames,
     )
+    from virnucpro.features import FEATURE_DTYPES
     from virnucpro.models.classifier import load_classifier
     from virnucpro.prepare import prepare_outputs
 
@@ -330,7 +331,7 @@ def _work(
             for kind, stage in STAGES.items():
                 shard.stage = stage
                 started = time.perf_counter()
-                shard.features[kind] = queued[kind].gather()
+                shard.features[kind] = queued[kind].gather(FEATURE_DTYPES[config.feature_dtype])
                 shard.seconds[stage] += time.perf_counter() - started
         except Exception as e:  # a failed shard must not stop the others
             shard.error = e
