@@ -19,6 +19,7 @@ from pathlib import Path
 import gpu_benchmark as bench
 import torch
 
+import virnucpro.embed as embed
 from virnucpro.embed import embed_file, queue_tokens
 from virnucpro.progress import StageProgress
 from virnucpro.split import DEFAULT_SHARD_SIZE
@@ -38,7 +39,8 @@ def product_timeline(model, nucleotide: Path, outdir: Path) -> dict:
     host had launched the next batch by then. Times in ms from the pass's start."""
     batches: list[tuple] = []
     tokenized: list[tuple] = []
-    run, tokenize = model.run, model.tokenize
+    written: list[float] = []
+    run, tokenize, write = model.run, model.tokenize, embed.write_features
 
     def timed_run(tokens: list[list[int]]) -> torch.Tensor:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -55,7 +57,13 @@ def product_timeline(model, nucleotide: Path, outdir: Path) -> dict:
         tokenized.append((began, time.perf_counter(), len(sequences)))
         return ids
 
+    def timed_write(*args, **kwargs) -> None:
+        written.append(time.perf_counter())
+        write(*args, **kwargs)
+        written.append(time.perf_counter())
+
     model.run, model.tokenize = timed_run, timed_tokenize  # instance attributes shadow methods
+    embed.write_features = timed_write
     try:
         bench.sync()
         origin = torch.cuda.Event(enable_timing=True)
@@ -67,6 +75,7 @@ def product_timeline(model, nucleotide: Path, outdir: Path) -> dict:
         total = time.perf_counter() - t0
     finally:
         del model.run, model.tokenize
+        embed.write_features = write
 
     def ms(host: float) -> float:
         return round(1000 * (host - t0), 2)
@@ -87,6 +96,9 @@ def product_timeline(model, nucleotide: Path, outdir: Path) -> dict:
         "idle_before_first_ms": rows[0]["gpu_start"] if rows else None,
         "idle_between_ms": round(sum(g["idle_ms"] for g in gaps), 1),
         "host_launching_ms": round(sum(r["host_launched"] - r["host_launch"] for r in rows), 1),
+        # after the GPU's last batch: features gathered to the host, then the file written
+        "gather_ms": round(ms(written[0]) - rows[-1]["gpu_end"], 1) if rows else None,
+        "write_ms": round(1000 * (written[1] - written[0]), 1),
         "largest_gaps": sorted(gaps, key=lambda g: -g["idle_ms"])[:5],
         "tokenized": [{"frames": n, "from": ms(a), "to": ms(b)} for a, b, n in tokenized],
         "batches": rows,
@@ -157,18 +169,21 @@ def main() -> None:
           f"{runs[0]['sequences']:,} frames, {runs[0]['tokens']:,} tokens), 3 runs: "
           f"{shown} tokens/s (median {speeds[1]:,.0f})")  # fmt: skip
 
-    # the same product pass taken apart in time, three times (its speed varies run to run)
+    # the same product passes taken apart in time, twice each
     results["timelines"] = []
-    for _ in range(3):
-        line = product_timeline(model, nucleotide, work / "c500")
+    for path in (nucleotide, nucleotide, shard_nucleotide, shard_nucleotide):
+        line = product_timeline(model, path, path.parent)
+        line["input"] = path.name
         results["timelines"].append(line)
         late = {True: " (launched after the GPU ran dry)", False: ""}
         largest = ", ".join(f"{g['idle_ms']:.0f} ms{late[g['host_launched_after_gpu_ran_dry']]}"
                             for g in line["largest_gaps"][:3])  # fmt: skip
-        print(f"timeline: {line['seconds']:.3f} s; GPU busy {line['gpu_busy_ms']:.0f} ms, idle "
-              f"before the first batch {line['idle_before_first_ms']:.0f} ms and between "
+        print(f"timeline of {path.name}: {line['seconds']:.3f} s; GPU busy "
+              f"{line['gpu_busy_ms']:.0f} ms, idle before the first batch "
+              f"{line['idle_before_first_ms']:.0f} ms and between "
               f"batches {line['idle_between_ms']:.0f} ms; host launching "
-              f"{line['host_launching_ms']:.0f} ms; largest gaps {largest}")  # fmt: skip
+              f"{line['host_launching_ms']:.0f} ms; largest gaps {largest}; then gathering "
+              f"{line['gather_ms']:.0f} ms, writing {line['write_ms']:.0f} ms")  # fmt: skip
     (args.out / "dnabert_breakdown.json").write_text(json.dumps(results, indent=2))
 
 
