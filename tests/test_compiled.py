@@ -106,3 +106,35 @@ def test_embedding_runs_with_the_model_frozen_and_the_collector_paused(
     embed_file(loaded, fasta, tmp_path / "out", 64, show_progress=False)
     assert collector_enabled and not any(collector_enabled)
     assert gc.isenabled()
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert"])
+def test_no_collection_walks_the_frames_of_an_embedded_file(
+    models: Path, kind: str, tmp_path: Path
+) -> None:
+    """The records and token lists of a file are freed before the collector resumes: with
+    them alive, the first allocation after the pass would start a collection."""
+    import gc
+
+    from virnucpro.embed import embed_file
+
+    path = models / ("esm2.pt" if kind == "esm2" else DNABERT_DIRNAME)
+    loaded = load_model(kind, path, "cpu", "fp32")
+    fasta = tmp_path / ("x.protein.faa" if kind == "esm2" else "x.nucleotide.fa")
+    letters = "MKVLA" if kind == "esm2" else "ACGT"
+    fasta.write_text("".join(f">s{i}\n{letters * (1 + i % 5)}\n" for i in range(3000)))
+    collections: list[int] = []
+
+    def record(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()
+    gc.callbacks.append(record)
+    try:
+        embed_file(loaded, fasta, tmp_path / "out", 256, show_progress=False)
+        assert collections == []
+        [[i] for i in range(100)]  # allocations after the pass start no collection either
+        assert collections == []
+    finally:
+        gc.callbacks.remove(record)
