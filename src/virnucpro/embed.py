@@ -44,7 +44,7 @@ MAX_GPU_BATCH_ACTIVATIONS = 65536 * 2560
 # before. The first is small, so the GPU starts early; each next one is twice as large (up to
 # the last size), which keeps the GPU fed (a chunk is read in about a third of the time the
 # model takes on it) and lets longer runs of one length fill batches of their own.
-FIRST_CHUNK_FRAMES = 256
+FIRST_CHUNK_FRAMES = 1024
 LARGEST_CHUNK_FRAMES = 32768
 
 
