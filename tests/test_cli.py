@@ -544,6 +544,26 @@ def test_empty_shard_embeds_to_zero_row_feature_files(chain):
         assert tuple(features.shape) == (0, reference.shape[1]) and reference.shape[1] > 0
 
 
+@pytest.mark.parametrize(
+    ("stage", "kind", "suffix"),
+    [("embed-dna", "dnabert", ".nucleotide.fa"), ("embed-protein", "esm2", ".protein.faa")],
+)
+def test_embed_with_compile_gives_the_eager_features(cli, demo, chain, tmp_path, stage, kind,
+                                                     suffix):  # fmt: skip
+    frames = chain.work / f"{chain.prefixes[1]}{suffix}"
+    features = {}
+    for mode in ("--no-compile", "--compile"):
+        out = tmp_path / mode.strip("-")
+        cli(stage, frames, "--models", demo, "--outdir", out, "--feature-dtype", "float32",
+            mode).check()  # fmt: skip
+        features[mode] = read_features(out / f"{chain.prefixes[1]}.{kind}.safetensors")
+    (eager_ids, eager, eager_meta), (compiled_ids, compiled, compiled_meta) = features.values()
+    assert json.loads(eager_meta["info"])["compiled"] is False
+    assert json.loads(compiled_meta["info"])["compiled"] is True
+    assert compiled_ids == eager_ids and len(eager_ids) > 0
+    assert (compiled - eager).abs().max().item() <= 1e-5
+
+
 def test_empty_shard_classifies_to_header_only_scores(chain):
     prefix = chain.prefixes[0]
     assert (chain.work / f"{prefix}.scores.tsv").read_text() == (

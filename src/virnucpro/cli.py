@@ -83,6 +83,10 @@ FeatureDtypeOpt = Annotated[
     FeatureDtype,
     typer.Option("--feature-dtype", help="Storage precision of feature files."),
 ]
+CompileOpt = Annotated[
+    bool,
+    typer.Option(help="torch.compile the layers: faster on a GPU, after a warm-up at load."),
+]
 Threshold = Annotated[
     float,
     typer.Option(
@@ -288,12 +292,14 @@ def embed_dna(
     precision: PrecisionOpt = Precision.auto,
     dna_batch_size: Annotated[int | None, typer.Option(min=1, help="Tokens per batch.")] = None,
     feature_dtype: FeatureDtypeOpt = FeatureDtype.float16,
+    compile: CompileOpt = False,
 ) -> None:
     """DNABERT-S features of prepared frames -> PREFIX.dnabert.safetensors."""
     from virnucpro.models.files import resolve_models
 
     path = resolve_models(models, dnabert=dnabert_model, need=("dnabert",)).dnabert
-    _embed("dnabert", input, outdir, path, device, precision, dna_batch_size, feature_dtype)
+    _embed("dnabert", input, outdir, path, device, precision, dna_batch_size, feature_dtype,
+           compile)  # fmt: skip
 
 
 @app.command("embed-protein", rich_help_panel=STAGES)
@@ -309,10 +315,7 @@ def embed_protein(
         typer.Option(min=1, help="Tokens per batch. Default: sized from free GPU memory."),
     ] = None,
     feature_dtype: FeatureDtypeOpt = FeatureDtype.float16,
-    compile: Annotated[
-        bool,
-        typer.Option(help="torch.compile the layers: faster on a GPU, after a warm-up at load."),
-    ] = False,
+    compile: CompileOpt = False,
 ) -> None:
     """ESM-2 features of prepared frames -> PREFIX.esm2.safetensors."""
     from virnucpro.models.files import resolve_models

@@ -315,6 +315,7 @@ def write_frames(
         "model_sha256": loaded.model_sha256,
         "device": str(loaded.device),
         "precision": loaded.precision,
+        "compiled": loaded.model.compiled,
         "batch_tokens": batch_tokens,
         "frames": len(frames.ids),
         "tokens": tokens,
