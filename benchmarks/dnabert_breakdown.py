@@ -1,7 +1,8 @@
 """Where `virnucpro embed-dna` spends its time on the GPU: tokenizing, the model alone on
 ready token lists (per batch budget, packed or one-length batches), and the product path,
 on the benchmark input and on a default-size shard (the work of one pipeline task); then
-the product path's timeline: each batch's launch and run, and the GPU's idle gaps.
+the product path's timeline: each batch's launch and run, and the GPU's idle gaps; last,
+`virnucpro embed-dna --compile` in fresh processes (a pass that is the process's first).
 
     python benchmarks/dnabert_breakdown.py --out results/   # on a CUDA machine
 
@@ -13,6 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import torch
 
 import virnucpro.embed as embed
 from virnucpro.embed import embed_file, queue_tokens
+from virnucpro.features import read_features
 from virnucpro.progress import StageProgress
 from virnucpro.split import DEFAULT_SHARD_SIZE
 
@@ -105,6 +110,22 @@ def product_timeline(model, nucleotide: Path, outdir: Path) -> dict:
     }
 
 
+def fresh_process(model_dir: Path, nucleotide: Path, outdir: Path, device: str = "cuda") -> dict:
+    """`virnucpro embed-dna --compile` in a new process, as a pipeline task runs it: the pass
+    is the process's first (no warm tokenizer pool, page-locked buffer or memory cache).
+    tokens_per_s counts the file's read + embed seconds (its info), the load and write not."""
+    command = [sys.executable, "-m", "virnucpro", "-q", "embed-dna", str(nucleotide),
+               "--dnabert-model", str(model_dir), "--device", device, "--compile",
+               "--outdir", str(outdir)]  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(bench.ROOT / "src")})
+    wall = time.perf_counter() - started
+    out = outdir / nucleotide.name.replace(".nucleotide.fa", ".dnabert.safetensors")
+    info = json.loads(read_features(out)[2]["info"])
+    return {"tokens_per_s": info["tokens"] / info["seconds"], "seconds": info["seconds"],
+            "tokens": info["tokens"], "load_s": info["load_seconds"], "wall_s": wall}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -184,6 +205,15 @@ def main() -> None:
               f"batches {line['idle_between_ms']:.0f} ms; host launching "
               f"{line['host_launching_ms']:.0f} ms; largest gaps {largest}; then gathering "
               f"{line['gather_ms']:.0f} ms, writing {line['write_ms']:.0f} ms")  # fmt: skip
+
+    # the first pass of a fresh process, twice per input
+    results["fresh_process"] = {}
+    for path in (nucleotide, shard_nucleotide):
+        runs = [fresh_process(work / "dnabert-s", path, work / "fresh") for _ in range(2)]
+        results["fresh_process"][path.name] = runs
+        print(f"fresh `virnucpro embed-dna --compile` on {path.name}: "
+              + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in runs)
+              + " tokens/s (read + embed; load and write not counted)")  # fmt: skip
     (args.out / "dnabert_breakdown.json").write_text(json.dumps(results, indent=2))
 
 
