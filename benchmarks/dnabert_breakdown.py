@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +22,6 @@ import torch
 
 import virnucpro.embed as embed
 from virnucpro.embed import embed_file, queue_tokens
-from virnucpro.features import read_features
 from virnucpro.progress import StageProgress
 from virnucpro.split import DEFAULT_SHARD_SIZE
 
@@ -114,14 +110,10 @@ def fresh_process(model_dir: Path, nucleotide: Path, outdir: Path, device: str =
     """`virnucpro embed-dna --compile` in a new process, as a pipeline task runs it: the pass
     is the process's first (no warm tokenizer pool, page-locked buffer or memory cache).
     tokens_per_s counts the file's read + embed seconds (its info), the load and write not."""
-    command = [sys.executable, "-m", "virnucpro", "-q", "embed-dna", str(nucleotide),
-               "--dnabert-model", str(model_dir), "--device", device, "--compile",
-               "--outdir", str(outdir)]  # fmt: skip
-    started = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(bench.ROOT / "src")})
-    wall = time.perf_counter() - started
-    out = outdir / nucleotide.name.replace(".nucleotide.fa", ".dnabert.safetensors")
-    info = json.loads(read_features(out)[2]["info"])
+    output = outdir / nucleotide.name.replace(".nucleotide.fa", ".dnabert.safetensors")
+    wall, info = bench.cli_embed("embed-dna", str(nucleotide), "--dnabert-model", str(model_dir),
+                                 "--device", device, "--compile", "--outdir", str(outdir),
+                                 output=output)  # fmt: skip
     return {"tokens_per_s": info["tokens"] / info["seconds"], "seconds": info["seconds"],
             "tokens": info["tokens"], "load_s": info["load_seconds"], "wall_s": wall}  # fmt: skip
 

@@ -252,16 +252,21 @@ def predict_run(
             "esm_tokens_per_s_after_load": esm_tokens / after_ready}  # fmt: skip
 
 
+def cli_embed(*args: str, output: Path) -> tuple[float, dict]:
+    """`virnucpro -q ARGS` (an embed stage) in a fresh process: its wall time and the
+    ``info`` record of the feature file it writes to ``output``."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "virnucpro", "-q", *args], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT / "src")})  # fmt: skip
+    wall = time.perf_counter() - started
+    return wall, json.loads(read_features(output)[2]["info"])
+
+
 def cli_start_up(esm_path: Path, faa: Path, outdir: Path) -> dict:
     """Wall time and model load of `virnucpro embed-protein` in a fresh process."""
-    command = [sys.executable, "-m", "virnucpro", "-q", "embed-protein", str(faa), "--esm-model",
-               str(esm_path), "--device", "cuda", "--outdir", str(outdir)]  # fmt: skip
-    started = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ,
-                   "PYTHONPATH": str(ROOT / "src")})  # fmt: skip
-    wall = time.perf_counter() - started
-    info = json.loads(read_features(outdir / (faa.name.replace(".protein.faa", "")
-                                              + ".esm2.safetensors"))[2]["info"])  # fmt: skip
+    output = outdir / faa.name.replace(".protein.faa", ".esm2.safetensors")
+    wall, info = cli_embed("embed-protein", str(faa), "--esm-model", str(esm_path),
+                           "--device", "cuda", "--outdir", str(outdir), output=output)  # fmt: skip
     return {"wall_s": wall, "load_s": info["load_seconds"]}
 
 
