@@ -1,11 +1,14 @@
-"""The transformer layer loop of both models, eager or with parts through torch.compile.
+"""The layer loop of ESM-2, eager or with parts through torch.compile, and the compile cache
+both models share.
 
-A layer is run as two steps around the attention kernel: ``before_attention`` (norm,
-projections, rotary) and ``after_attention`` (output projection, MLP, norms). Each layer
-class runs the parts of its steps that gain from compiling through ``compiled_step``: each
-part is compiled once, with dynamic shapes, and shared by every layer. Attention itself
-stays eager, so whether a batch is padded (a mask or none) never adds a compiled variant,
-and a warm-up at load time (embed.warm_up) compiles everything a run will need.
+An ESM-2 layer is run as two steps around the attention kernel: ``before_attention`` (norm,
+projections, rotary) and ``after_attention`` (output projection, MLP, norms). The layer runs
+the parts of its steps that gain from compiling through ``compiled_step``: each part is
+compiled once, with dynamic shapes, and shared by every layer. Attention itself stays eager,
+so whether a batch is padded (a mask or none) never adds a compiled variant, and a warm-up at
+load time (embed.warm_up) compiles everything a run will need. DNABERT-S, whose layers are
+small enough that launching them one step at a time held the GPU back, compiles its whole
+encoder instead (models/dnabert.py, ``encode``).
 
 Attention never takes cuDNN's kernel: PyTorch picks it first on an H100, and it plans
 anew for every batch shape it has not seen (65-90 ms without a mask, up to 1.4 s with

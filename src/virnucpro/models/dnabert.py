@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch import nn
+from torch.nn.attention import sdpa_kernel
 
 from virnucpro.errors import VirnucproError
-from virnucpro.models.compiled import compiled_step, run_layers
+from virnucpro.models.compiled import ATTENTION_BACKENDS, compiled_step
 
 # Checkpoint keys we knowingly drop: the [CLS] pooler of BertModel (VirNucPro mean-pools the
 # last hidden state instead). Anything else missing or unexpected is an error.
@@ -110,11 +111,11 @@ def _slopes_on(n_heads: int, device: torch.device | str) -> torch.Tensor:
     return torch.tensor(alibi_slopes(n_heads), dtype=torch.float32, device=device)
 
 
-def alibi_bias(n_heads: int, length: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Symmetric ALiBi bias (1, heads, length, length): -slope * |i - j|, float32."""
-    pos = torch.arange(length, device=device)
+def alibi_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
+    """Symmetric ALiBi bias (1, heads, length, length): -slope * |i - j|, in slopes' dtype."""
+    pos = torch.arange(length, device=slopes.device)
     distance = (pos[None, :] - pos[:, None]).abs()
-    return (_slopes_on(n_heads, device)[:, None, None] * -distance).unsqueeze(0)
+    return (slopes[:, None, None] * -distance).unsqueeze(0)
 
 
 class Embeddings(nn.Module):
@@ -163,18 +164,14 @@ class GatedMLP(nn.Module):
 
 
 class Layer(nn.Module):
-    """Post-LayerNorm attention, then the gated-GELU MLP; run as the two steps around
-    attention that models/compiled.py expects. With --compile, ``finish`` goes through
-    torch.compile: it fuses the norms with their residual adds and GELU with its gate (with
-    ATen's kernels instead the layers ran 18 % slower, H200). The projection before
-    attention is one matmul: nothing to compile."""
+    """Post-LayerNorm attention, then the gated-GELU MLP."""
 
     def __init__(self, cfg: DnaBertConfig) -> None:
         super().__init__()
         self.attention = Attention(cfg)
         self.mlp = GatedMLP(cfg)
 
-    def before_attention(self, x: torch.Tensor, compiled: bool = False) -> tuple[torch.Tensor, ...]:
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q, k, v, each (B, heads, T, head_dim)."""
         b, t, h = x.shape
         heads = self.attention.self.n_heads
@@ -191,11 +188,6 @@ class Layer(nn.Module):
         mlp = self.mlp
         gated, non_gated = mlp.gated_layers(x).split(mlp.intermediate_size, dim=-1)
         return mlp.layernorm(mlp.wo(F.gelu(gated) * non_gated) + x)
-
-    def after_attention(
-        self, x: torch.Tensor, y: torch.Tensor, compiled: bool = False
-    ) -> torch.Tensor:
-        return compiled_step(Layer.finish, compiled)(self, x, y)
 
 
 class Encoder(nn.Module):
@@ -222,18 +214,40 @@ class DnaBert(nn.Module):
         Padding keys are masked out of attention, so each real token's result equals that of
         the unpadded sequence (the original runs unpadded); padding rows come back as zeros.
         ``padded`` says whether any row is padded, when the caller knows (no GPU sync).
+        Single-row batches run eagerly even when compiled: a dimension of size 1 is always
+        specialized, so one row would compile again mid-run (one very long sequence).
         """
-        x = self.embeddings(input_ids)
         keep = attention_mask.bool()
-        t = input_ids.shape[1]
-        bias = alibi_bias(self.config.num_attention_heads, t, x.device)
         if padded is None:
             padded = not bool(keep.all())
-        if padded:
-            bias = bias.masked_fill(~keep[:, None, None, :], float("-inf"))
-        # the ALiBi bias (with padded keys at -inf) is SDPA's mask; scale 1/sqrt(head_dim)
-        x = run_layers(self.encoder.layer, x, bias.to(x.dtype), self.compiled)
-        return x * keep[..., None].to(x.dtype)
+        slopes = _slopes_on(self.config.num_attention_heads, input_ids.device)
+        run = compiled_step(encode, self.compiled and input_ids.shape[0] > 1)
+        with sdpa_kernel(ATTENTION_BACKENDS):
+            return run(self, input_ids, keep, slopes, padded)
+
+
+def encode(
+    model: DnaBert, input_ids: torch.Tensor, keep: torch.Tensor, slopes: torch.Tensor, padded: bool
+) -> torch.Tensor:
+    """The encoder, from token ids to the last hidden state (DnaBert.forward's work).
+
+    With --compile this whole function goes through torch.compile, every layer with its
+    attention: one graph for padded batches, one for unpadded, both made by the warm-up at
+    load. Compiling only the steps around attention left the host launching each layer
+    (about 0.5 ms of dispatch per layer) and starved the GPU in a fresh process's first pass,
+    where new batch shapes also cost the host cuBLAS planning: a default-size shard's first
+    pass ran at 1.38-1.46 M tokens/s that way, 1.53-1.59 M compiled whole (H200, interleaved).
+    """
+    x = model.embeddings(input_ids)
+    bias = alibi_bias(slopes, input_ids.shape[1])
+    if padded:
+        bias = bias.masked_fill(~keep[:, None, None, :], float("-inf"))
+    # the ALiBi bias (with padded keys at -inf) is SDPA's mask; scale 1/sqrt(head_dim)
+    bias = bias.to(x.dtype)
+    for layer in model.encoder.layer:
+        q, k, v = layer.qkv(x)
+        x = layer.finish(x, F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
+    return x * keep[..., None].to(x.dtype)
 
 
 class DnaTokenizer:
@@ -343,12 +357,14 @@ def dnabert_mean_embeddings(
     for row, ids in zip(input_ids, token_batch, strict=True):
         row[: len(ids)] = ids
     mask = np.arange(lengths.max())[None, :] < lengths[:, None]
-    host_ids, host_mask = torch.from_numpy(input_ids), torch.from_numpy(mask)
-    if device.type == "cuda":
-        # pinned and non-blocking: the host goes on to the next batch while this one runs
-        # (a copy from ordinary memory would wait for the GPU to finish its queue)
-        host_ids, host_mask = host_ids.pin_memory(), host_mask.pin_memory()
+    # every tensor made in inference mode, whoever calls: with --compile, a CPU batch's
+    # tensors (no copy to a device) would otherwise compile the encoder a second time
     with torch.inference_mode():
+        host_ids, host_mask = torch.from_numpy(input_ids), torch.from_numpy(mask)
+        if device.type == "cuda":
+            # pinned and non-blocking: the host goes on to the next batch while this one runs
+            # (a copy from ordinary memory would wait for the GPU to finish its queue)
+            host_ids, host_mask = host_ids.pin_memory(), host_mask.pin_memory()
         ids, keep = host_ids.to(device, non_blocking=True), host_mask.to(device, non_blocking=True)
         hidden = model(ids, keep, padded=bool(lengths.min() != lengths.max()))
         weights = (keep / keep.sum(1, keepdim=True)).float()
