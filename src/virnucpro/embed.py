@@ -210,7 +210,7 @@ class LoadedModel:
 
 
 def warm_up(loaded: LoadedModel) -> None:
-    """Compile the compiled parts once, at realistic sizes (the compiler picks its kernel
+    """Run what --compile compiles once, at realistic sizes (the compiler picks its kernel
     settings from the first shapes it sees), with and without padding. The length is a prime
     and the row count odd: a size equal to a model dimension would be tied to it by the
     compiler, and a later batch without that coincidence would compile again."""
