@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from virnucpro.features import read_features
 from virnucpro.models.classifier import MLPClassifier, write_classifier
 
 REPO = Path(__file__).resolve().parent.parent
@@ -176,3 +177,22 @@ def test_models_that_do_not_fit_stop_the_run_cleanly(demo, tmp_path):
     assert "Traceback" not in result.stderr
     time.sleep(1)  # a prepare process that outlived its worker would write by now
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_compile_compiles_esm2_and_leaves_dnabert_eager(demo, clean, tmp_path):
+    """predict --compile: ESM-2 (most of the GPU time) compiled, DNABERT-S eager (its
+    compile costs more at load than it saves on a predict-sized input), the same calls."""
+    out = tmp_path / "out"
+    result = predict(demo, out, "--workers", "1", "--compile", "--keep-intermediate")
+    assert result.returncode == 0, result.stderr
+    assert "leaked semaphore" not in result.stderr  # torch.compile's progress-bar lock
+    compiled = {}
+    for path in sorted((out / "work").glob("shard_*.safetensors")):
+        kind = path.name.split(".")[1]
+        info = json.loads(read_features(path)[2]["info"])
+        compiled.setdefault(kind, set()).add(info["compiled"])
+    assert compiled == {"dnabert": {False}, "esm2": {True}}
+    calls = [line.split("\t")[:2] for line in results(out)["prediction_results.txt"].decode()
+             .splitlines()]  # fmt: skip
+    eager = [line.split("\t")[:2] for line in clean["prediction_results.txt"].decode().splitlines()]
+    assert calls == eager and len(calls) > 1

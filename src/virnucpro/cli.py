@@ -148,7 +148,9 @@ def predict(
     compile: Annotated[
         bool,
         typer.Option(
-            help="torch.compile both models' layers: faster on a GPU, after a warm-up at load."
+            help="torch.compile ESM-2's layers (most of the GPU time): faster on a GPU, after "
+            "a warm-up at load. DNABERT-S stays eager here (its compile costs more than it "
+            "saves below ~1 Gbp per GPU; embed-dna --compile has it)."
         ),
     ] = False,
     gpus: Annotated[
