@@ -328,6 +328,9 @@ def main() -> None:
         graphs = compiled_graphs()  # DNABERT-S's graphs are made at its load
         results["ours_dnabert_500_compiled"] = product_embed(dna_model, nuc, work / "c500", None)
         report("DNABERT-S compiled", results["ours_dnabert_500_compiled"])
+        again = product_embed(dna_model, nuc, work / "c500", None)  # as in the full run
+        results["ours_dnabert_500_compiled_again"] = again
+        report("DNABERT-S compiled, again", results["ours_dnabert_500_compiled_again"])
         results["recompiles_in_timed_runs"] += compiled_graphs() - graphs
         del dna_model
         torch.cuda.empty_cache()
@@ -431,7 +434,6 @@ def main() -> None:
     results["dnabert_compile_load_s"] = dna_model.load_seconds
     graphs = compiled_graphs()
     results["ours_dnabert_500_compiled"] = product_embed(dna_model, nuc, work / "c500", None)
-    results["recompiles_in_timed_runs"] += compiled_graphs() - graphs
     report("dnabert compiled", results["ours_dnabert_500_compiled"])
     # the compiled encoder against the eager one, both bf16, as written (float16 features)
     dna_compiled = read_features(Path(results["ours_dnabert_500_compiled"]["path"]))[1]
@@ -441,6 +443,11 @@ def main() -> None:
     results["correctness"]["dnabert_compiled_vs_eager_min_cosine"] = (
         torch.cosine_similarity(dna_compiled, dna_eager).min().item()
     )
+    # a second pass, timed as the eager row is (after an untimed one): the first pass after
+    # load also pays cuBLAS's choice of a kernel per new matrix shape (README, run 21)
+    results["ours_dnabert_500_compiled_again"] = product_embed(dna_model, nuc, work / "c500", None)
+    results["recompiles_in_timed_runs"] += compiled_graphs() - graphs
+    report("dnabert compiled, again", results["ours_dnabert_500_compiled_again"])
     del dna_model
     torch.cuda.empty_cache()
 
@@ -481,7 +488,8 @@ def print_table(r: dict) -> None:
               f"{m['peak_gib']:5.1f}")  # fmt: skip
     for name, key in (
         ("virnucpro embed-dna (DNABERT-S), 500 bp", "ours_dnabert_500"),
-        ("  the same, compiled layers", "ours_dnabert_500_compiled"),
+        ("  the same, compiled, first pass after load", "ours_dnabert_500_compiled"),
+        ("  the same, compiled, second pass", "ours_dnabert_500_compiled_again"),
     ):
         d = r[key]
         print(f"{name:44} {d['tokens_per_s']:9,.0f} {d['sequences'] / d['seconds']:7,.0f}"
