@@ -236,7 +236,8 @@ def encode(
     load. Compiling only the steps around attention left the host launching each layer
     (about 0.5 ms of dispatch per layer) and starved the GPU in a fresh process's first pass,
     where new batch shapes also cost the host cuBLAS planning: a default-size shard's first
-    pass ran at 1.38-1.47 M tokens/s that way, 1.53-1.60 M compiled whole (H200, interleaved).
+    pass ran at 1.38-1.47 M tokens/s that way, 1.45-1.60 M compiled whole (H200; runs 24, 25
+    and 27 in benchmarks/README.md).
     """
     x = model.embeddings(input_ids)
     bias = alibi_bias(slopes, input_ids.shape[1])
