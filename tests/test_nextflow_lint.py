@@ -21,7 +21,7 @@ def test_pipeline_files_are_found():
     config = {str(p) for p in pipeline_files(".config")}
     assert {"main.nf", "workflows/virnucpro.nf", "modules/local/embed_dna/main.nf"} <= nf
     assert {"nextflow.config", "conf/base.config", "conf/test.config"} <= config
-    assert len([p for p in nf if p.startswith("modules/local/")]) == 8
+    assert len([p for p in nf if p.startswith("modules/local/")]) == 9
 
 
 def test_every_nf_and_config_file_has_no_error(lint):

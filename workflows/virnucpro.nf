@@ -38,12 +38,19 @@ workflow VIRNUCPRO {
     ch_features = EMBED_DNA.out.features.join(EMBED_PROTEIN.out.features, failOnDuplicate: true, failOnMismatch: true)
     CLASSIFY(ch_features, ch_models, chunk_size)
 
-    // all shard files of a sample, once all of its shards are done, sorted by name
-    ch_sample_files = PREPARE.out.sequences
+    // A sample's shard files, as soon as all of its shards are done. With errorStrategy
+    // 'ignore' a failed shard's files never come: the group is then emitted at the end
+    // (remainder), or not at all when every shard failed (join remainder), and SUMMARIZE
+    // marks the sequences of every shard in split's manifest without results 'unfinished'.
+    ch_shard_files = PREPARE.out.sequences
         .mix(CLASSIFY.out.tsv, CLASSIFY.out.json)
         .map { meta, file -> [groupKey(meta.sample, meta.n_shards * 3), file] }
-        .groupTuple()
-        .map { sample, files -> [[id: sample.toString()], files.toSorted { f -> f.getName() }] }
+        .groupTuple(remainder: true)
+        .map { sample, files -> [sample.toString(), files] }
+    ch_sample_files = SPLIT_FASTA.out.manifest
+        .map { meta, manifest -> [meta.id, manifest] }
+        .join(ch_shard_files, remainder: true)
+        .map { sample, manifest, files -> [[id: sample], manifest, (files ?: []).toSorted { f -> f.getName() }] }
     SUMMARIZE(ch_sample_files)
 
     ch_versions = SPLIT_FASTA.out.versions.first()

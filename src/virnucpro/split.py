@@ -2,7 +2,9 @@
 
 Shards are contiguous runs of input records in input order (records are never cut), so
 results concatenated in shard order are in input order, and names are deterministic:
-shard_00001.fa, shard_00002.fa, ...
+shard_00001.fa, shard_00002.fa, ... A manifest, shards.tsv (shard, sequence_id, length), lists
+every sequence of every shard: summarize reads it to know which sequences a run must account
+for, so a shard that never finished cannot silently drop its sequences.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from virnucpro.errors import VirnucproError
 from virnucpro.fasta import Record, read_fasta
 
 DEFAULT_SHARD_SIZE = 20_000_000  # docs/usage.md: GPU task start-up vs. work
+MANIFEST_NAME = "shards.tsv"
+MANIFEST_HEADER = "shard\tsequence_id\tlength\n"
 
 
 def shard_name(index: int) -> str:
@@ -37,7 +41,7 @@ def group_records(records: Iterable[Record], shard_size: int) -> Iterator[list[R
 
 
 def split(input_path: Path, shard_size: int, outdir: Path) -> list[Path]:
-    """Stage entry: write the shards; on any input error, write none."""
+    """Stage entry: write the shards and their manifest; on any input error, write none."""
     if shard_size < 1:
         raise VirnucproError(f"--shard-size must be at least 1 base (got {shard_size})")
     outdir = Path(outdir)
@@ -45,14 +49,18 @@ def split(input_path: Path, shard_size: int, outdir: Path) -> list[Path]:
     staging = Path(tempfile.mkdtemp(prefix=".split-", dir=outdir))
     try:
         names = []
-        for index, group in enumerate(group_records(read_fasta(input_path), shard_size), 1):
-            name = shard_name(index)
-            with open(staging / name, "w") as out:
-                for record in group:
-                    out.write(f">{record.id}\n{record.sequence}\n")
-            names.append(name)
+        with open(staging / MANIFEST_NAME, "w") as manifest:
+            manifest.write(MANIFEST_HEADER)
+            for index, group in enumerate(group_records(read_fasta(input_path), shard_size), 1):
+                name = shard_name(index)
+                with open(staging / name, "w") as out:
+                    for record in group:
+                        out.write(f">{record.id}\n{record.sequence}\n")
+                        manifest.write(f"{name}\t{record.id}\t{len(record.sequence)}\n")
+                names.append(name)
         for name in names:
             (staging / name).replace(outdir / name)
+        (staging / MANIFEST_NAME).replace(outdir / MANIFEST_NAME)
         return [outdir / name for name in names]
     finally:
         shutil.rmtree(staging, ignore_errors=True)

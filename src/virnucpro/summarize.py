@@ -8,6 +8,7 @@ input order and the result does not depend on how the input was sharded.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import statistics
 from collections import defaultdict
@@ -21,6 +22,9 @@ from virnucpro.classify import SCORES_HEADER
 from virnucpro.errors import VirnucproError
 from virnucpro.fasta import atomic_writer, read_fasta
 from virnucpro.prepare import SEQUENCES_HEADER
+from virnucpro.split import MANIFEST_HEADER
+
+log = logging.getLogger(__name__)
 
 SUFFIXES = {"sequences": ".sequences.tsv", "scores": ".scores.tsv", "meta": ".scores.json"}
 DEFAULT_THRESHOLD = 0.5
@@ -34,12 +38,17 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def group_shard_files(files: list[Path], unfinished: list[Path] = ()) -> list[dict[str, Path]]:
+def group_shard_files(
+    files: list[Path],
+    unfinished: dict[str, list[tuple[str, int]]] | None = None,
+    manifest: dict[str, list[tuple[str, int]]] | None = None,
+) -> list[dict]:
     """{kind: path} per shard, in natural order of the shard prefix; every shard needs all
-    three files, except the ``unfinished`` shard FASTAs, which stand for their sequences."""
-    shards: dict[str, dict[str, Path]] = defaultdict(dict)
-    for path in map(Path, unfinished):
-        shards[path.name.removesuffix(".fa")]["unfinished"] = path
+    three files. An ``unfinished`` shard ({prefix: [(sequence_id, length)]}) is
+    {"unfinished": rows} instead. With a ``manifest`` (split's shards.tsv, same shape) every
+    shard it lists is expected: one without all three files is unfinished, and files of a
+    shard it does not list are refused."""
+    shards: dict[str, dict] = defaultdict(dict)
     for path in map(Path, files):
         kind = next((k for k, s in SUFFIXES.items() if path.name.endswith(s)), None)
         if kind is None:
@@ -50,7 +59,16 @@ def group_shard_files(files: list[Path], unfinished: list[Path] = ()) -> list[di
         prefix = path.name[: -len(SUFFIXES[kind])]
         if kind in shards[prefix]:
             raise VirnucproError(f"{path}: shard '{prefix}' given twice")
+        if manifest is not None and prefix not in manifest:
+            raise VirnucproError(f"{path}: shard '{prefix}' is not in the shard manifest")
         shards[prefix][kind] = path
+    for prefix, rows in (unfinished or {}).items():
+        shards[prefix] = {"unfinished": rows}
+    for prefix, rows in (manifest or {}).items():
+        if len(shards.get(prefix, {})) < len(SUFFIXES):
+            log.warning("shard '%s' has no results: its %d sequences are unfinished", prefix,
+                        len(rows))  # fmt: skip
+            shards[prefix] = {"unfinished": rows}
     if not shards:
         raise VirnucproError("summarize: no shard files given")
     for prefix, found in shards.items():
@@ -60,6 +78,16 @@ def group_shard_files(files: list[Path], unfinished: list[Path] = ()) -> list[di
         if missing:
             raise VirnucproError(f"shard '{prefix}': missing {prefix}{missing[0]}")
     return [shards[p] for p in sorted(shards, key=natural_key)]
+
+
+def read_manifest(path: Path) -> dict[str, list[tuple[str, int]]]:
+    """split's shards.tsv as {shard prefix: [(sequence_id, length)]}."""
+    shards: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for number, (shard, sequence_id, length) in enumerate(_rows(path, MANIFEST_HEADER), 2):
+        if not length.isdigit():
+            raise VirnucproError(f"{path}: line {number}: length '{length}' is not a number")
+        shards[shard.removesuffix(".fa")].append((sequence_id, int(length)))
+    return shards
 
 
 def _rows(path: Path, header: str) -> list[list[str]]:
@@ -108,14 +136,21 @@ def summarize(
     threshold: float = DEFAULT_THRESHOLD,
     run_info: dict | None = None,
     unfinished: list[Path] = (),
+    manifest: Path | None = None,
 ) -> dict[str, Path]:
     """Stage entry: write the four outputs from the shards' three files each. Sequences of
     ``unfinished`` shards (their FASTA files: shards that failed in predict) get summary rows
-    with the call ``unfinished`` and nothing else."""
+    with the call ``unfinished`` and nothing else; so do those of every shard in split's
+    ``manifest`` whose results are missing (a pipeline task that failed and was ignored)."""
     if not 0.0 <= threshold <= 1.0:
         raise VirnucproError(f"--threshold must be between 0 and 1 (got {threshold})")
-    shards = group_shard_files(files, unfinished)
-    if all("unfinished" in shard for shard in shards):
+    failed = {
+        Path(path).name.removesuffix(".fa"): [(r.id, len(r.sequence)) for r in read_fasta(path)]
+        for path in unfinished
+    }
+    expected = read_manifest(Path(manifest)) if manifest is not None else None
+    shards = group_shard_files(files, failed, expected)
+    if expected is None and all("unfinished" in shard for shard in shards):
         raise VirnucproError("no shard finished: nothing to summarize")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -134,9 +169,8 @@ def summarize(
         summary.write(SUMMARY_HEADER)
         for shard in shards:
             if "unfinished" in shard:
-                for record in read_fasta(shard["unfinished"]):
-                    summary.write(f"{record.id}\t{len(record.sequence)}\t" + "NA\t" * 7
-                                  + "unfinished\n")  # fmt: skip
+                for sequence_id, length in shard["unfinished"]:
+                    summary.write(f"{sequence_id}\t{length}\t" + "NA\t" * 7 + "unfinished\n")
                     counts["sequences"] += 1
                     counts["call_unfinished"] += 1
                 continue

@@ -19,11 +19,11 @@ process CLASSIFY {
     script:
     def args = task.ext.args ?: ''
     """
-    virnucpro classify ${dnabert} ${esm2} --models ${models} --chunk-size ${chunk_size} --outdir . ${args}
+    virnucpro classify ${dnabert} ${esm2} --models ${models} --chunk-size ${chunk_size} --outdir . --threads ${task.cpus} ${args}
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
-        virnucpro: \$(virnucpro --version | sed 's/^virnucpro //')
+    \$(virnucpro versions --indent 4)
     END_VERSIONS
     """
 

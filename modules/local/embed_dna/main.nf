@@ -16,14 +16,16 @@ process EMBED_DNA {
     task.ext.when == null || task.ext.when
 
     script:
-    // --device auto: the GPU from CUDA_VISIBLE_DEVICES, else a free one claimed by lock file
+    // -profile gpu (accelerator set): a GPU is required, claimed by lock file among the visible
+    // ones (docs/usage.md); otherwise the task uses a GPU if it sees one, else the CPU
     def args = task.ext.args ?: ''
+    def device = task.accelerator ? '--device cuda' : '--device auto'
     """
-    virnucpro embed-dna ${nucleotide} --models ${models} --outdir . ${args}
+    virnucpro embed-dna ${nucleotide} --models ${models} --outdir . ${device} --threads ${task.cpus} ${args}
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
-        virnucpro: \$(virnucpro --version | sed 's/^virnucpro //')
+    \$(virnucpro versions --indent 4)
     END_VERSIONS
     """
 

@@ -13,11 +13,11 @@ process MODELS_DEMO {
     script:
     def args = task.ext.args ?: ''
     """
-    virnucpro models demo models ${args}
+    virnucpro models demo models --threads ${task.cpus} ${args}
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
-        virnucpro: \$(virnucpro --version | sed 's/^virnucpro //')
+    \$(virnucpro versions --indent 4)
     END_VERSIONS
     """
 

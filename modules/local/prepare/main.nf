@@ -19,11 +19,11 @@ process PREPARE {
     script:
     def args = task.ext.args ?: ''
     """
-    virnucpro prepare ${shard} --chunk-size ${chunk_size} --outdir . --prefix ${meta.shard} ${args}
+    virnucpro prepare ${shard} --chunk-size ${chunk_size} --outdir . --prefix ${meta.shard} --threads ${task.cpus} ${args}
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
-        virnucpro: \$(virnucpro --version | sed 's/^virnucpro //')
+    \$(virnucpro versions --indent 4)
     END_VERSIONS
     """
 

@@ -9,6 +9,7 @@ process SPLIT_FASTA {
 
     output:
     tuple val(meta), path("shards/shard_*.fa"), emit: shards
+    tuple val(meta), path("shards/shards.tsv"), emit: manifest
     path "versions.yml"                       , emit: versions
 
     when:
@@ -17,11 +18,11 @@ process SPLIT_FASTA {
     script:
     def args = task.ext.args ?: ''
     """
-    virnucpro split ${fasta} --shard-size ${shard_size} --outdir shards ${args}
+    virnucpro split ${fasta} --shard-size ${shard_size} --outdir shards --threads ${task.cpus} ${args}
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
-        virnucpro: \$(virnucpro --version | sed 's/^virnucpro //')
+    \$(virnucpro versions --indent 4)
     END_VERSIONS
     """
 
@@ -29,6 +30,7 @@ process SPLIT_FASTA {
     """
     mkdir -p shards
     touch shards/shard_00001.fa
+    printf 'shard\\tsequence_id\\tlength\\n' > shards/shards.tsv
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":

@@ -4,8 +4,9 @@ process SUMMARIZE {
     container 'ghcr.io/virnucpro/virnucpro:0.1.0-cpu'
 
     input:
-    // every shard's <shard>.sequences.tsv, <shard>.scores.tsv and <shard>.scores.json
-    tuple val(meta), path(shard_files)
+    // split's shards.tsv (every shard and sequence expected), and the files of the shards
+    // that finished: <shard>.sequences.tsv, <shard>.scores.tsv and <shard>.scores.json
+    tuple val(meta), path(manifest), path(shard_files)
 
     output:
     tuple val(meta), path("prediction_results.txt")             , emit: results
@@ -20,11 +21,11 @@ process SUMMARIZE {
     script:
     def args = task.ext.args ?: ''
     """
-    virnucpro summarize --outdir . ${args} ${shard_files}
+    virnucpro summarize --manifest ${manifest} --outdir . ${args} ${shard_files}
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
-        virnucpro: \$(virnucpro --version | sed 's/^virnucpro //')
+    \$(virnucpro versions --indent 4)
     END_VERSIONS
     """
 

@@ -1,0 +1,335 @@
+"""The pipeline, run by the real Nextflow (25.04.4 from Maven Central, local and SLURM
+executors), against `virnucpro predict` on the same input, models, chunk and shard size.
+
+These tests run in CI (they fail there, never skip, when Java or Maven is missing). They take
+a few minutes: every task is a fresh `virnucpro` process that imports torch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nf_run import REPO, Nextflow, install_nextflow, jobcomp, table, trace
+
+EXAMPLE = REPO / "examples" / "example.fa"
+VIRNUCPRO = [sys.executable, "-m", "virnucpro"]
+SCORE_TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="session")
+def nextflow(tmp_path_factory) -> Nextflow:
+    return Nextflow(install_nextflow(), tmp_path_factory.mktemp("nxf_home"))
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory) -> Path:
+    """The demo models the test profile makes (same command, same seed)."""
+    directory = tmp_path_factory.mktemp("models") / "models"
+    subprocess.run([*VIRNUCPRO, "models", "demo", str(directory)], check=True)
+    return directory
+
+
+def predict(fasta: Path, models: Path, outdir: Path, shard_size: int) -> Path:
+    cmd = [*VIRNUCPRO, "predict", str(fasta), "--models", str(models), "--outdir", str(outdir)]
+    cmd += ["--shard-size", str(shard_size), "--chunk-size", "500", "--threads", "1", "-q"]
+    subprocess.run(cmd, check=True)
+    return outdir
+
+
+def assert_same_results(pipeline: Path, reference: Path) -> None:
+    """Same frames, labels, chunk calls and summary rows as predict; scores within
+    SCORE_TOLERANCE (each task runs torch with its own thread count, predict's workers with
+    theirs: float sums may end in another last digit, the calls may not differ)."""
+    ours = table(pipeline / "prediction_results.txt")
+    theirs = table(reference / "prediction_results.txt")
+    assert [row[:2] for row in ours] == [row[:2] for row in theirs]
+    for mine, other in zip(ours[1:], theirs[1:], strict=True):
+        assert float(mine[2]) == pytest.approx(float(other[2]), abs=SCORE_TOLERANCE)
+        assert float(mine[3]) == pytest.approx(float(other[3]), abs=SCORE_TOLERANCE)
+    name = "prediction_results_highestscore.csv"
+    assert (pipeline / name).read_text() == (reference / name).read_text()
+    ours = table(pipeline / "virnucpro_summary.tsv")
+    theirs = table(reference / "virnucpro_summary.tsv")
+    assert len(ours) == len(theirs)
+    for mine, other in zip(ours, theirs, strict=True):
+        assert mine[:7] + mine[9:] == other[:7] + other[9:]  # all but the two score columns
+        for a, b in zip(mine[7:9], other[7:9], strict=True):
+            assert a == b or float(a) == pytest.approx(float(b), abs=SCORE_TOLERANCE)
+
+
+def statuses(rows: list[dict[str, str]]) -> dict[str, str]:
+    return {row["name"]: row["status"] for row in rows}
+
+
+# -- 1 and 2: the test profile, against predict, then -resume -----------------------------
+
+
+@pytest.fixture(scope="module")
+def test_profile_run(nextflow, tmp_path_factory):
+    launch = tmp_path_factory.mktemp("test_profile")
+    nextflow.run("-profile", "test", "--outdir", "results", "--trace_report_suffix", "first",
+                 cwd=launch)  # fmt: skip
+    return launch
+
+
+def test_test_profile_equals_predict(test_profile_run, demo_models, tmp_path):
+    results = test_profile_run / "results"
+    reference = predict(EXAMPLE, demo_models, tmp_path / "predict", shard_size=2000)
+    assert_same_results(results / "example", reference)
+    ran = json.loads((results / "example" / "run.json").read_text())
+    expected = json.loads((reference / "run.json").read_text())
+    assert ran["models"] == expected["models"] | {
+        kind: [{**entry, "path": ran["models"][kind][0]["path"]} for entry in entries]
+        for kind, entries in expected["models"].items()
+    }, "the pipeline's demo models are not predict's"
+    assert ran["shards"] == expected["shards"] == 7
+
+
+def test_test_profile_reports(test_profile_run):
+    info = test_profile_run / "results" / "pipeline_info"
+    for kind in ("execution_trace_first.txt", "execution_timeline_first.html",
+                 "execution_report_first.html", "pipeline_dag_first.html"):  # fmt: skip
+        assert (info / kind).stat().st_size > 0, kind
+    rows = trace(test_profile_run / "results", "first")
+    assert {row["status"] for row in rows} == {"COMPLETED"}
+    gpu = [row for row in rows if row["tag"].endswith("[gpu]")]
+    assert {row["process"].split(":")[-1] for row in gpu} == {"EMBED_DNA", "EMBED_PROTEIN"}
+    assert len(gpu) == 2 * 7
+    versions = (info / "software_versions.yml").read_text()
+    for process in ("MODELS_DEMO", "SPLIT_FASTA", "EMBED_PROTEIN", "SUMMARIZE"):
+        assert f'{process}":' in versions
+    assert "torch: " in versions
+
+
+def test_resume_caches_every_task(nextflow, test_profile_run):
+    nextflow.run("-profile", "test", "--outdir", "results", "--trace_report_suffix", "again",
+                 "-resume", cwd=test_profile_run)  # fmt: skip
+    rows = trace(test_profile_run / "results", "again")
+    assert len(rows) == len(trace(test_profile_run / "results", "first"))
+    assert {row["status"] for row in rows} == {"CACHED"}
+
+
+# -- 3: several samples (one gzipped, one without any kept frame), change one, -resume -----
+
+
+def write_fasta(path: Path, records: list[tuple[str, str]]) -> Path:
+    text = "".join(f">{name}\n{sequence}\n" for name, sequence in records)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def example_records() -> list[tuple[str, str]]:
+    records, name = [], None
+    for line in EXAMPLE.read_text().splitlines():
+        if line.startswith(">"):
+            name = line[1:].split()[0]
+            records.append([name, ""])
+        else:
+            records[-1][1] += line.strip()
+    return [tuple(r) for r in records]
+
+
+@pytest.fixture(scope="module")
+def samples(nextflow, demo_models, tmp_path_factory):
+    launch = tmp_path_factory.mktemp("samples")
+    records = example_records()
+    alpha = write_fasta(launch / "alpha.fa", records[:6])
+    beta = write_fasta(launch / "beta.fa.gz", records[6:12])
+    # nothing to score: too short for one codon, or only Ns (codons with N are dropped)
+    empty = write_fasta(launch / "empty.fasta", [("tiny", "AC"), ("unknown", "N" * 700)])
+    sheet = launch / "samples.csv"
+    sheet.write_text(f"sample,fasta\nalpha,{alpha}\nbeta,{beta}\nempty,{empty}\n")
+    args = ["--input", str(sheet), "--models", str(demo_models), "--outdir", "results",
+            "--shard_size", "3000", "-profile", "test"]  # fmt: skip
+    nextflow.run(*args, "--trace_report_suffix", "first", cwd=launch)
+    return launch, args, records
+
+
+def test_every_sequence_of_every_sample_has_a_summary_row(samples, demo_models, tmp_path):
+    launch, _, records = samples
+    expected = {
+        "alpha": records[:6],
+        "beta": records[6:12],
+        "empty": [("tiny", "AC"), ("unknown", "N" * 700)],
+    }
+    for sample, recs in expected.items():
+        rows = table(launch / "results" / sample / "virnucpro_summary.tsv")
+        assert [row[:2] for row in rows[1:]] == [[name, str(len(seq))] for name, seq in recs]
+    empty_rows = table(launch / "results" / "empty" / "virnucpro_summary.tsv")
+    assert [row[-1] for row in empty_rows[1:]] == ["unscored", "unscored"]
+    reference = predict(launch / "beta.fa.gz", demo_models, tmp_path / "beta", shard_size=3000)
+    assert_same_results(launch / "results" / "beta", reference)
+
+
+def test_changing_one_sample_reruns_only_its_tasks(nextflow, samples):
+    launch, args, records = samples
+    nextflow.run(*args, "--trace_report_suffix", "same", "-resume", cwd=launch)
+    assert set(statuses(trace(launch / "results", "same")).values()) == {"CACHED"}
+
+    changed = [
+        (name + "_v2" if i == 0 else name, seq) for i, (name, seq) in enumerate(records[6:12])
+    ]
+    write_fasta(launch / "beta.fa.gz", changed)
+    nextflow.run(*args, "--trace_report_suffix", "changed", "-resume", cwd=launch)
+    rows = trace(launch / "results", "changed")
+    rerun = {row["name"] for row in rows if row["status"] == "COMPLETED"}
+    cached = {row["name"] for row in rows if row["status"] == "CACHED"}
+    assert rerun and all("(beta" in name for name in rerun), rerun
+    assert all("(beta" not in name for name in cached)
+    assert any("(alpha" in name for name in cached) and any("(empty" in name for name in cached)
+    summary = table(launch / "results" / "beta" / "virnucpro_summary.tsv")
+    assert summary[1][0] == records[6][0] + "_v2"
+
+
+# -- 4: a task that fails ------------------------------------------------------------------
+
+FAIL_CONFIG = """
+// test only: EMBED_PROTEIN of shard_00002 gets an option the CLI refuses (exit 2)
+process {
+    withName: 'EMBED_PROTEIN' {
+        ext.args = { meta.shard == 'shard_00002' ? '--no-such-option' : '' }
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def failing(nextflow, demo_models, tmp_path_factory):
+    launch = tmp_path_factory.mktemp("failing")
+    (launch / "fail.config").write_text(FAIL_CONFIG)
+    (launch / "ignore.config").write_text("process.errorStrategy = 'ignore'\n")
+    args = ["-profile", "test", "--models", str(demo_models), "--outdir", "results",
+            "--shard_size", "6000", "-c", "fail.config"]  # fmt: skip
+    return launch, args
+
+
+def test_failed_task_stops_the_run_naming_sample_and_shard(nextflow, failing):
+    launch, args = failing
+    done = nextflow.run(*args, cwd=launch, check=False)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "EMBED_PROTEIN (example.shard_00002 [gpu])" in output, output[-3000:]
+    assert not (launch / "results" / "example" / "virnucpro_summary.tsv").exists()
+
+
+def test_ignored_failure_marks_its_sequences_unfinished(nextflow, failing):
+    launch, args = failing
+    nextflow.run(*args, "-c", "ignore.config", "-resume", cwd=launch)
+    rows = table(launch / "results" / "example" / "virnucpro_summary.tsv")[1:]
+    assert [row[0] for row in rows] == [name for name, _ in example_records()]
+    shards = {}
+    for shard, name, _ in (line.split("\t") for line in shard_manifest(launch).splitlines()[1:]):
+        shards[name] = shard
+    for row in rows:
+        if shards[row[0]] == "shard_00002.fa":
+            assert row[-1] == "unfinished", row
+        else:
+            assert row[-1] in ("virus", "not_virus", "unscored"), row
+
+
+def shard_manifest(launch: Path) -> str:
+    found = sorted(launch.glob("work/*/*/shards/shards.tsv"))
+    assert len(found) == 1, found
+    return found[0].read_text()
+
+
+# -- 5: SLURM --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    if shutil.which("slurmctld") is None or shutil.which("munged") is None:
+        from nf_run import unavailable
+
+        unavailable("slurm-wlm / munge not installed (apt-get install slurmctld slurmd "
+                    "slurm-client munge)")  # fmt: skip
+    directory = tmp_path_factory.mktemp("slurm")
+    script = REPO / "tests" / "nextflow" / "slurm_cluster.sh"
+    started = subprocess.run(["bash", str(script), "start", str(directory)],
+                             capture_output=True, text=True)  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    yield directory
+    subprocess.run(["bash", str(script), "stop", str(directory)], check=False)
+
+
+def test_slurm_profile_runs_every_task_as_a_job(nextflow, slurm, test_profile_run, tmp_path):
+    (tmp_path / "poll.config").write_text(
+        "executor { pollInterval = '1 sec'; queueStatInterval = '2 sec' }\n"
+    )
+    env = dict(nextflow.env, SLURM_CONF=str(slurm / "slurm.conf"))
+    runner = Nextflow(nextflow.launcher, Path(env["NXF_HOME"]))
+    runner.env = env
+    runner.run("-profile", "test,slurm", "--outdir", "results", "--trace_report_suffix", "slurm",
+               "--slurm_queue", "cpu", "--slurm_gpu_queue", "gpu", "-c", "poll.config",
+               cwd=tmp_path)  # fmt: skip
+    reference = test_profile_run / "results" / "example"
+    for name in ("prediction_results.txt", "prediction_results_highestscore.csv",
+                 "virnucpro_summary.tsv"):  # fmt: skip
+        assert (tmp_path / "results" / "example" / name).read_text() == (
+            reference / name
+        ).read_text()
+    jobs = jobcomp(slurm / "jobcomp.log")
+    rows = trace(tmp_path / "results", "slurm")
+    assert len(rows) == 31
+    for row in rows:
+        job = jobs[row["native_id"]]
+        assert job["JobState"] == "COMPLETED", job
+        gpu_task = row["tag"].endswith("[gpu]")
+        assert job["Partition"] == ("gpu" if gpu_task else "cpu"), (row["name"], job)
+
+
+# -- 6 (part): stubs, and wrong input stopped before any task -----------------------------
+
+
+def test_stub_run(nextflow, tmp_path):
+    nextflow.run("-profile", "test", "-stub-run", "--outdir", "results",
+                 "--trace_report_suffix", "stub", cwd=tmp_path)  # fmt: skip
+    for name in ("prediction_results.txt", "prediction_results_highestscore.csv",
+                 "virnucpro_summary.tsv", "run.json"):  # fmt: skip
+        assert (tmp_path / "results" / "example" / name).exists()
+    assert {row["status"] for row in trace(tmp_path / "results", "stub")} == {"COMPLETED"}
+
+
+def bad_input_cases(tmp: Path) -> list[tuple[list[str], str]]:
+    fasta = write_fasta(tmp / "a.fa", [("s1", "ACGT" * 200)])
+    (tmp / "header.csv").write_text(f"name,file\nx,{fasta}\n")
+    (tmp / "dup.csv").write_text(f"sample,fasta\nx,{fasta}\ny,{fasta}\nx,{fasta}\n")
+    (tmp / "missing.csv").write_text(f"sample,fasta\nx,{tmp / 'nope.fa'}\n")
+    return [
+        ([], "virnucpro: --input is required"),
+        (["--input", str(tmp / "header.csv")],
+         "header.csv: header is 'name,file', expected 'sample,fasta'"),
+        (["--input", str(tmp / "dup.csv")], "dup.csv line 4: sample 'x' already on line 2"),
+        (["--input", str(tmp / "missing.csv")], "nope.fa: no such file"),
+        (["--input", str(fasta), "--chunk_size", "400"],
+         "virnucpro: --chunk_size: must be one of 300, 500 (got 400)"),
+    ]  # fmt: skip
+
+
+def test_wrong_input_stops_before_any_task(nextflow, tmp_path):
+    for number, (args, message) in enumerate(bad_input_cases(tmp_path)):
+        launch = tmp_path / f"run{number}"
+        launch.mkdir()
+        done = nextflow.run(*args, "--outdir", "results", "--demo_models", cwd=launch,
+                            check=False)  # fmt: skip
+        output = done.stdout + done.stderr
+        assert done.returncode != 0, args
+        errors = [line for line in output.splitlines() if "virnucpro:" in line]
+        assert len(errors) == 1 and message in errors[0], (args, output)
+        assert not list(launch.glob("work/*/*/.command.sh")), f"a task ran for {args}"
+
+
+def test_help_lists_the_parameters(nextflow, tmp_path):
+    done = nextflow.run("--help", cwd=tmp_path)
+    assert "--input" in done.stdout and "--slurm_gpu_queue" in done.stdout
+    assert not (tmp_path / "work").exists() or not list((tmp_path / "work").glob("*/*"))
