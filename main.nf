@@ -34,7 +34,7 @@ workflow {
     ch_model_versions = channel.empty()
     if (params.models) {
         MODELS_PREPARE(file(params.models, checkIfExists: true))
-        ch_models = MODELS_PREPARE.out.models.first()
+        ch_models = MODELS_PREPARE.out.models
         ch_model_versions = MODELS_PREPARE.out.versions
     }
     else if (params.demo_models) {

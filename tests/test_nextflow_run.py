@@ -37,7 +37,7 @@ def demo_models(tmp_path_factory) -> Path:
 
 def predict(fasta: Path, models: Path, outdir: Path, shard_size: int) -> Path:
     cmd = [*VIRNUCPRO, "predict", str(fasta), "--models", str(models), "--outdir", str(outdir)]
-    cmd += ["--shard-size", str(shard_size), "--chunk-size", "500", "--threads", "1", "-q"]
+    cmd += ["--shard-size", str(shard_size), "--chunk-size", "500", "--threads", "1"]
     subprocess.run(cmd, check=True)
     return outdir
 
@@ -150,7 +150,7 @@ def samples(nextflow, demo_models, tmp_path_factory):
     sheet = launch / "samples.csv"
     sheet.write_text(f"sample,fasta\nalpha,{alpha}\nbeta,{beta}\nempty,{empty}\n")
     args = ["--input", str(sheet), "--models", str(demo_models), "--outdir", "results",
-            "--shard_size", "3000", "-profile", "test"]  # fmt: skip
+            "--shard_size", "5000", "-profile", "test"]  # fmt: skip
     nextflow.run(*args, "--trace_report_suffix", "first", cwd=launch)
     return launch, args, records
 
@@ -167,7 +167,7 @@ def test_every_sequence_of_every_sample_has_a_summary_row(samples, demo_models, 
         assert [row[:2] for row in rows[1:]] == [[name, str(len(seq))] for name, seq in recs]
     empty_rows = table(launch / "results" / "empty" / "virnucpro_summary.tsv")
     assert [row[-1] for row in empty_rows[1:]] == ["unscored", "unscored"]
-    reference = predict(launch / "beta.fa.gz", demo_models, tmp_path / "beta", shard_size=3000)
+    reference = predict(launch / "beta.fa.gz", demo_models, tmp_path / "beta", shard_size=5000)
     assert_same_results(launch / "results" / "beta", reference)
 
 

@@ -34,8 +34,9 @@ workflow VIRNUCPRO {
     EMBED_DNA(PREPARE.out.nucleotide, ch_models)
     EMBED_PROTEIN(PREPARE.out.protein, ch_models)
 
-    // join the two feature files of each shard by its meta (sample + shard)
-    ch_features = EMBED_DNA.out.features.join(EMBED_PROTEIN.out.features, failOnDuplicate: true, failOnMismatch: true)
+    // join the two feature files of each shard by its meta (sample + shard); a shard missing
+    // one (its task failed and was ignored) is left out here and marked unfinished by SUMMARIZE
+    ch_features = EMBED_DNA.out.features.join(EMBED_PROTEIN.out.features, failOnDuplicate: true)
     CLASSIFY(ch_features, ch_models, chunk_size)
 
     // A sample's shard files, as soon as all of its shards are done. With errorStrategy

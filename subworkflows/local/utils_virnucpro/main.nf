@@ -43,14 +43,14 @@ def problemWith(name, value, spec) {
     return null
 }
 
-def validateParams(params, schemaPath) {
+def validateParams(given, schemaPath) {
     def (properties, required) = schemaProperties(schemaPath)
     required.each { name ->
-        if (params[name] == null) {
+        if (given[name] == null) {
             error("virnucpro: --${name} is required (nextflow run . --help lists the parameters)")
         }
     }
-    params.each { name, value ->
+    given.each { name, value ->
         def spec = properties[name]
         if (spec == null) {
             if (name != 'help') {
