@@ -292,12 +292,16 @@ def test_slurm_profile_runs_every_task_as_a_job(nextflow, slurm, test_profile_ru
 
 
 def test_stub_run(nextflow, tmp_path):
-    nextflow.run("-profile", "test", "-stub-run", "--outdir", "results",
-                 "--trace_report_suffix", "stub", cwd=tmp_path)  # fmt: skip
+    """Every stub: block, MODELS_FETCH's too (no demo models, no --models)."""
+    args = ["-profile", "test", "-stub-run", "--demo_models", "false", "--model_cache", "cache"]
+    nextflow.run(*args, "--outdir", "results", "--trace_report_suffix", "stub", cwd=tmp_path)
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv",
                  "virnucpro_summary.tsv", "run.json"):  # fmt: skip
         assert (tmp_path / "results" / "example" / name).exists()
-    assert {row["status"] for row in trace(tmp_path / "results", "stub")} == {"COMPLETED"}
+    rows = trace(tmp_path / "results", "stub")
+    assert {row["status"] for row in rows} == {"COMPLETED"}
+    assert "MODELS_FETCH" in {row["process"] for row in rows}
+    assert (tmp_path / "cache" / "virnucpro_models" / "dnabert-s" / "config.json").exists()
 
 
 def bad_input_cases(tmp: Path) -> list[tuple[list[str], str]]:
