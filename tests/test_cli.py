@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import random
 import re
 import shutil
@@ -276,7 +277,9 @@ def test_help_lists_predict_and_every_stage():
         ["models"],
         ["models", "demo"],
         ["models", "fetch"],
+        ["models", "prepare"],
         ["models", "convert-classifier"],
+        ["versions"],
     ],
     ids=" ".join,
 )
@@ -469,7 +472,7 @@ def chain(cli, demo, tmp_path_factory) -> SimpleNamespace:
     shards_dir, work, final = base / "shards", base / "work", base / "final"
 
     cli("split", fasta, "--shard-size", CHAIN_SHARD_SIZE, "--outdir", shards_dir).check()
-    shards = sorted(shards_dir.iterdir())
+    shards = sorted(shards_dir.glob("shard_*.fa"))
     prefixes = [shard.name.removesuffix(".fa") for shard in shards]
     for shard, prefix in zip(shards, prefixes, strict=True):
         cli("prepare", shard, "--prefix", prefix, "--outdir", work).check()
@@ -589,6 +592,82 @@ def test_predict_on_input_without_any_kept_frame(cli, demo, tmp_path):
     ]
     counts = json.loads((out / "run.json").read_text())["counts"]
     assert counts["sequences"] == 2 and counts["frames_scored"] == 0
+
+
+# --------------------------------------------------------------------------------------
+# What a pipeline task relies on: --threads everywhere, models directories never written,
+# --device cuda, versions
+# --------------------------------------------------------------------------------------
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, int, int]]:
+    """Every entry under ``directory``, hidden ones included, links not followed."""
+    stats = {p: p.lstat() for p in [directory, *directory.rglob("*")]}
+    return {
+        p.relative_to(directory).as_posix(): (st.st_mode, st.st_size, st.st_mtime_ns)
+        for p, st in stats.items()
+    }
+
+
+def test_stages_take_threads_and_never_write_into_the_models_dir(cli, demo, chain, tmp_path):
+    """A task's models directory is the user's store (maybe read-only, hashed by Nextflow for
+    -resume): no stage writes there, not even checksums or the ESM-2 copy."""
+    bare = tmp_path / "models"
+    shutil.copytree(demo, bare, ignore=shutil.ignore_patterns(".*"))  # nothing prepared
+    before = snapshot(bare)
+    out, prefix, one = tmp_path / "out", chain.prefixes[1], ("--threads", 1)
+    cli("split", chain.fasta, "--shard-size", CHAIN_SHARD_SIZE, "--outdir", out, *one).check()
+    cli("prepare", chain.shards[1], "--prefix", prefix, "--outdir", out, *one).check()
+    for stage, suffix in (("embed-dna", ".nucleotide.fa"), ("embed-protein", ".protein.faa")):
+        cli(stage, out / f"{prefix}{suffix}", "--models", bare, "--outdir", out, *one).check()
+    dna, esm = out / f"{prefix}.dnabert.safetensors", out / f"{prefix}.esm2.safetensors"
+    cli("classify", dna, esm, "--models", bare, "--outdir", out, *one).check()
+    shard = [out / f"{prefix}{suffix}" for suffix in SHARD_SUFFIXES]
+    cli("summarize", *shard, "--outdir", out / "final", *one).check()
+    cli("predict", EXAMPLE, "--models", bare, "--outdir", tmp_path / "predict", "--shard-size",
+        10**9, *one).check()  # fmt: skip
+    assert snapshot(bare) == before
+    run = json.loads((out / "final" / "run.json").read_text())
+    assert run["models"]["esm2"] == [{"path": str(bare / "esm2.pt"),
+                                      "sha256": sha256_file(bare / "esm2.pt")}]  # fmt: skip
+
+
+def test_models_demo_and_prepare_take_threads(cli, tmp_path):
+    demo_dir, prepared = tmp_path / "demo", tmp_path / "prepared"
+    cli("models", "demo", demo_dir, "--threads", 1).check()
+    assert (demo_dir / ".esm2.bfloat16.safetensors").is_file()  # demo is prepared
+    before = snapshot(demo_dir)
+    cli("models", "prepare", demo_dir, "--outdir", prepared, "--precision", "fp32",
+        "--threads", 1).check()  # fmt: skip
+    assert snapshot(demo_dir) == before
+    assert (prepared / ".esm2.float32.safetensors").is_file()
+    assert (prepared / "esm2.pt").resolve() == (demo_dir / "esm2.pt").resolve()
+
+
+@pytest.mark.parametrize("stage", ["embed-dna", "embed-protein", "predict"])
+def test_device_cuda_without_a_gpu_fails_at_once(cli, demo, chain, tmp_path, stage):
+    frames = {"embed-dna": ".nucleotide.fa", "embed-protein": ".protein.faa", "predict": ".fa"}
+    source = chain.work if stage != "predict" else chain.shards[1].parent
+    out = tmp_path / "out"
+    result = cli(stage, source / f"{chain.prefixes[1]}{frames[stage]}", "--models", demo,
+                 "--outdir", out, "--device", "cuda")  # fmt: skip
+    # the tests hide every GPU with CUDA_VISIBLE_DEVICES=""
+    assert_user_error(result, "--device cuda: no CUDA GPU is visible (CUDA_VISIBLE_DEVICES=)")
+    assert files_under(out) == []
+
+
+def test_versions_prints_yaml_lines(cli):
+    expected = {"virnucpro": virnucpro.__version__, "python": platform.python_version(),
+                "torch": str(torch.__version__)}  # fmt: skip
+    if torch.version.cuda:
+        expected["cuda"] = torch.version.cuda
+    for args, indent in (((), 4), (("--indent", 2), 2)):
+        result = cli("versions", *args).check()
+        lines = result.stdout.splitlines()
+        assert all(re.match(rf"^ {{{indent}}}[a-z_]+: \S", line) for line in lines), lines
+        found = dict(line.strip().split(": ", 1) for line in lines)
+        assert {k: found[k] for k in expected} == expected
+        assert set(found) - set(expected) <= {"nvidia_driver"}
 
 
 # --------------------------------------------------------------------------------------
@@ -776,3 +855,34 @@ def test_no_arguments_shows_help(args, cli):
     assert "Usage: virnucpro" in result.stdout
     assert "Traceback" not in result.stderr
     assert result.rc in (0, 2)
+
+
+def test_summarize_with_manifest_marks_a_shard_without_results_unfinished(cli, chain):
+    manifest = chain.shards[0].parent / "shards.tsv"
+    missing = chain.prefixes[1]
+    kept = [f for f in chain.shard_files if not Path(f).name.startswith(missing + ".")]
+    out = chain.base / "summarize-manifest"
+    cli("summarize", *kept, "--manifest", manifest, "--outdir", out).check()
+    in_missing = {name for name, _ in fasta_records(chain.shards[1])}
+    _, rows = table(out / "virnucpro_summary.tsv")
+    _, complete = table(chain.final / "virnucpro_summary.tsv")
+    assert [row[0] for row in rows] == [row[0] for row in complete]
+    for row, full in zip(rows, complete, strict=True):
+        if row[0] in in_missing:
+            assert row[1] == full[1] and row[2:] == ["NA"] * 7 + ["unfinished"], row
+        else:
+            assert row == full
+    assert json.loads((out / "run.json").read_text())["counts"]["call_unfinished"] == len(
+        in_missing
+    )
+
+
+def test_summarize_with_manifest_refuses_a_shard_it_does_not_list(cli, chain, tmp_path):
+    manifest = tmp_path / "shards.tsv"
+    lines = (chain.shards[0].parent / "shards.tsv").read_text().splitlines()
+    manifest.write_text("\n".join(line for line in lines if chain.prefixes[0] not in line) + "\n")
+    out = tmp_path / "out"
+    result = cli("summarize", *chain.shard_files, "--manifest", manifest, "--outdir", out)
+    assert result.rc == 2
+    assert f"shard '{chain.prefixes[0]}' is not in the shard manifest" in result.stderr
+    assert not out.exists() or not any(out.iterdir())

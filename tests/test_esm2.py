@@ -11,11 +11,15 @@ import pytest
 import torch
 
 from virnucpro.errors import VirnucproError
+from virnucpro.models import esm2 as esm2_module
 from virnucpro.models.esm2 import (
     PROTEIN_TOKENS,
+    cache_path,
     esm2_mean_embeddings,
+    fresh_cache,
     load_esm2,
     tokenize_protein,
+    write_cache,
     write_demo_esm2,
 )
 
@@ -190,25 +194,65 @@ def test_pickled_arbitrary_object_is_refused(tmp_path: Path, demo: Path) -> None
     assert INSTANTIATED == []
 
 
-def test_load_cache_is_written_used_and_invalidated(tmp_path):
-    """The safetensors copy gives the same model; a changed checkpoint is not served stale."""
-    from virnucpro.models.esm2 import cache_path
+def _listing(directory: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.lstat().st_size, p.lstat().st_mtime_ns) for p in directory.iterdir()}
 
+
+def _no_checkpoint_reads(monkeypatch) -> None:
+    """Loading must now come from the ready-to-load copy."""
+
+    def refuse(path):
+        raise AssertionError(f"{path}: checkpoint read although a fresh copy is there")
+
+    monkeypatch.setattr(esm2_module, "_read_checkpoint", refuse)
+
+
+def test_load_never_writes_a_cache(tmp_path):
+    path = tmp_path / "esm2_t2_tiny.pt"
+    write_demo_esm2(path, seed=3)
+    before = _listing(tmp_path)
+    for dtype in (torch.float32, torch.bfloat16):
+        load_esm2(path, dtype=dtype, use_cache=True)
+    assert _listing(tmp_path) == before
+
+
+def test_cache_is_written_once_used_and_invalidated(tmp_path, monkeypatch):
+    """The safetensors copy gives the same model; a changed checkpoint is not served stale."""
     path = tmp_path / "esm2_t2_tiny.pt"
     write_demo_esm2(path, seed=3)
     tokens = [tokenize_protein("MKTAYIAKQR"), tokenize_protein("GAV")]
-    first = esm2_mean_embeddings(load_esm2(path, use_cache=True), tokens)
-    cache = cache_path(path, torch.float32)
-    assert cache.is_file()
-    cache_bytes = cache.read_bytes()
-    again = esm2_mean_embeddings(load_esm2(path, use_cache=True), tokens)
+    first = esm2_mean_embeddings(load_esm2(path), tokens)
+    cache = write_cache(path, torch.float32)
+    assert cache == cache_path(path, torch.float32) and cache.is_file()
+    stamp = cache.stat().st_mtime_ns
+    assert write_cache(path, torch.float32) == cache and cache.stat().st_mtime_ns == stamp
+    with monkeypatch.context() as m:
+        _no_checkpoint_reads(m)
+        again = esm2_mean_embeddings(load_esm2(path), tokens)
     assert torch.equal(first, again)
-    assert cache.read_bytes() == cache_bytes  # read, not rewritten
 
     old_mtime = path.stat().st_mtime_ns
     write_demo_esm2(path, seed=4)  # new weights, same size: only the mtime tells
     os.utime(path, ns=(old_mtime + 10**9, old_mtime + 10**9))
-    fresh = esm2_mean_embeddings(load_esm2(path), tokens)
-    cached = esm2_mean_embeddings(load_esm2(path, use_cache=True), tokens)
+    fresh = esm2_mean_embeddings(load_esm2(path, use_cache=False), tokens)
+    cached = esm2_mean_embeddings(load_esm2(path), tokens)
     assert torch.equal(fresh, cached)
     assert not torch.equal(fresh, first)
+
+
+def test_cache_beside_a_symlink_leaves_the_target_directory_alone(tmp_path, monkeypatch):
+    store, linked = tmp_path / "store", tmp_path / "linked"
+    store.mkdir()
+    linked.mkdir()
+    write_demo_esm2(store / "esm2_t2_tiny.pt", seed=3)
+    link = linked / "esm2_t2_tiny.pt"
+    link.symlink_to(store / "esm2_t2_tiny.pt")
+    before = _listing(store)
+    write_cache(link, torch.bfloat16)
+    assert _listing(store) == before
+    assert cache_path(link, torch.bfloat16).parent == linked
+    # the copy records the target's stamp: fresh through the link, so loads use it
+    assert fresh_cache(link, torch.bfloat16) == cache_path(link, torch.bfloat16)
+    _no_checkpoint_reads(monkeypatch)
+    model = load_esm2(link, dtype=torch.bfloat16)
+    assert next(model.parameters()).dtype == torch.bfloat16

@@ -70,7 +70,12 @@ ClassifierFile = Annotated[
     typer.Option("--classifier", help="Classifier (.safetensors); overrides --models."),
 ]
 Device = Annotated[
-    str, typer.Option(help="auto (a free GPU if any, else CPU), cpu, cuda or cuda:N.")
+    str,
+    typer.Option(
+        help="auto: a free GPU if any (claimed by lock file; predict: every GPU), else the "
+        "CPU; cuda: the same but a GPU is required (an error at once without one); cpu; "
+        "cuda:N: that GPU, unclaimed."
+    ),
 ]
 PrecisionOpt = Annotated[
     Precision, typer.Option(help="auto = bf16 on GPUs of compute capability >= 8.0, else fp32.")
@@ -87,6 +92,14 @@ CompileOpt = Annotated[
     bool,
     typer.Option(help="torch.compile the layers: faster on a GPU, after a warm-up at load."),
 ]
+Threads = Annotated[
+    int | None,
+    typer.Option(min=1, help="CPU threads of torch's operations. Default: torch's choice."),
+]
+ThreadsUnused = Annotated[
+    int | None,
+    typer.Option(min=1, help="Accepted so that every stage takes it; this one runs on one thread."),
+]
 Threshold = Annotated[
     float,
     typer.Option(
@@ -96,6 +109,13 @@ Threshold = Annotated[
         "is viral.",
     ),
 ]
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _version(value: bool) -> None:
@@ -238,6 +258,7 @@ def split(
         int, typer.Option("--shard-size", min=1, help="Bases per shard (records are never cut).")
     ] = 20_000_000,
     outdir: Outdir = Path("shards"),
+    threads: ThreadsUnused = None,
 ) -> None:
     """Cut a FASTA into length-balanced shards: shard_00001.fa, shard_00002.fa, ..."""
     from virnucpro.split import split as run_split
@@ -254,6 +275,7 @@ def prepare(
     prefix: Annotated[
         str | None, typer.Option(help="Output name prefix. Default: the input name.")
     ] = None,
+    threads: ThreadsUnused = None,
 ) -> None:
     """Chunk, translate in six frames, keep frames without a stop codon.
 
@@ -277,9 +299,11 @@ def _embed(
     batch: int | None,
     feature_dtype: FeatureDtype,
     compile: bool = False,
+    threads: int | None = None,
 ) -> None:
     from virnucpro.embed import embed_file, load_model
 
+    _set_threads(threads)
     loaded = load_model(kind, model_path, device, precision.value, compile=compile)
     embed_file(loaded, input, outdir, batch, feature_dtype.value)
 
@@ -295,13 +319,14 @@ def embed_dna(
     dna_batch_size: Annotated[int | None, typer.Option(min=1, help="Tokens per batch.")] = None,
     feature_dtype: FeatureDtypeOpt = FeatureDtype.float16,
     compile: CompileOpt = False,
+    threads: Threads = None,
 ) -> None:
     """DNABERT-S features of prepared frames -> PREFIX.dnabert.safetensors."""
     from virnucpro.models.files import resolve_models
 
     path = resolve_models(models, dnabert=dnabert_model, need=("dnabert",)).dnabert
     _embed("dnabert", input, outdir, path, device, precision, dna_batch_size, feature_dtype,
-           compile)  # fmt: skip
+           compile, threads)  # fmt: skip
 
 
 @app.command("embed-protein", rich_help_panel=STAGES)
@@ -318,12 +343,14 @@ def embed_protein(
     ] = None,
     feature_dtype: FeatureDtypeOpt = FeatureDtype.float16,
     compile: CompileOpt = False,
+    threads: Threads = None,
 ) -> None:
     """ESM-2 features of prepared frames -> PREFIX.esm2.safetensors."""
     from virnucpro.models.files import resolve_models
 
     path = resolve_models(models, esm2=esm_model, need=("esm2",)).esm2
-    _embed("esm2", input, outdir, path, device, precision, esm_batch_size, feature_dtype, compile)
+    _embed("esm2", input, outdir, path, device, precision, esm_batch_size, feature_dtype, compile,
+           threads)  # fmt: skip
 
 
 @app.command(rich_help_panel=STAGES)
@@ -334,12 +361,14 @@ def classify(
     classifier: ClassifierFile = None,
     chunk_size: ChunkSizeOpt = ChunkSize.c500,
     outdir: Outdir = Path("."),
+    threads: Threads = None,
 ) -> None:
     """Join features by frame ID and score each frame -> PREFIX.scores.tsv + .scores.json."""
     from virnucpro.classify import classify as run_classify
     from virnucpro.models.classifier import load_classifier
     from virnucpro.models.files import resolve_models
 
+    _set_threads(threads)
     size = int(chunk_size.value)
     path = resolve_models(models, classifier=classifier, chunk_size=size, need=("classifier",))
     model = load_classifier(path.classifier)
@@ -349,28 +378,40 @@ def classify(
 @app.command(rich_help_panel=STAGES)
 def summarize(
     files: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(help="Every shard's .sequences.tsv, .scores.tsv and .scores.json."),
-    ],
+    ] = None,
     outdir: Outdir = Path("."),
     threshold: Threshold = 0.5,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            help="split's shards.tsv: every shard it lists is expected; the sequences of a "
+            "shard without results are 'unfinished' (a task that failed and was ignored).",
+        ),
+    ] = None,
+    threads: ThreadsUnused = None,
 ) -> None:
     """Shard scores -> prediction_results.txt, prediction_results_highestscore.csv,
     virnucpro_summary.tsv, run.json."""
     from virnucpro.summarize import summarize as run_summarize
 
-    run_summarize(files, outdir, threshold)
+    run_summarize(files or [], outdir, threshold, manifest=manifest)
 
 
 @models_app.command()
 def demo(
     directory: Annotated[Path, typer.Argument(help="Where to write the demo models.")],
     seed: Annotated[int, typer.Option(help="Random seed of the weights.")] = 0,
+    threads: Threads = None,
 ) -> None:
-    """Write tiny random-weight models in the real formats (scores are meaningless)."""
-    from virnucpro.models.files import write_demo_models
+    """Write tiny random-weight models in the real formats (scores are meaningless), prepared
+    as 'models prepare' does."""
+    from virnucpro.models.files import prepare_models, write_demo_models
 
+    _set_threads(threads)
     write_demo_models(directory, seed)
+    prepare_models(directory)
     log.info("demo models in %s (random weights: for tests and trials only)", directory)
 
 
@@ -383,13 +424,51 @@ def fetch(
             "~/.cache/virnucpro/models."
         ),  # fmt: skip
     ] = None,
+    threads: Threads = None,
 ) -> None:
-    """Download ESM-2 3B, DNABERT-S and the published classifiers (about 6 GB)."""
-    from virnucpro.models.files import default_models_dir, fetch_models
+    """Download ESM-2 3B, DNABERT-S and the published classifiers (about 6 GB), then prepare
+    them as 'models prepare' does."""
+    from virnucpro.models.files import default_models_dir, fetch_models, prepare_models
 
+    _set_threads(threads)
     target = cache or default_models_dir()
     fetch_models(target)
+    prepare_models(target)
     log.info("models ready in %s", target)
+
+
+class CachePrecision(str, Enum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+@models_app.command("prepare")
+def models_prepare(
+    directory: Annotated[Path, typer.Argument(help="Models directory (docs/models.md).")],
+    outdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--outdir",
+            "-o",
+            help="Prepare into this directory instead: absolute links to DIRECTORY's models "
+            "beside the checksums and the ESM-2 copy; DIRECTORY is left untouched (a "
+            "read-only or shared store). Use it as --models.",
+        ),
+    ] = None,
+    precision: Annotated[
+        CachePrecision,
+        typer.Option(help="Precision of the ESM-2 copy: the one the GPU tasks run in."),
+    ] = CachePrecision.bf16,
+    threads: Threads = None,
+) -> None:
+    """Write, once, each model's sha256 and ESM-2's ready-to-load copy (what makes every
+    task's start fast); no other command writes into a models directory."""
+    from virnucpro.models.files import prepare_models
+
+    _set_threads(threads)
+    target = prepare_models(directory, outdir, precision.value)
+    log.info("models prepared in %s", target)
 
 
 @models_app.command("convert-classifier")
@@ -402,6 +481,17 @@ def convert_classifier(
 
     model = run_convert(source, destination)
     log.info("%s -> %s (input %d features)", source, destination, model.input_dim)
+
+
+@app.command(rich_help_panel=STAGES)
+def versions(
+    indent: Annotated[int, typer.Option(min=0, help="Spaces before each line.")] = 4,
+) -> None:
+    """Versions of what a pipeline task ran (virnucpro, Python, torch, CUDA, NVIDIA driver) as
+    YAML lines for versions.yml."""
+    from virnucpro.versions import versions_yaml
+
+    typer.echo(versions_yaml(indent), nl=False)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -15,13 +16,37 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def gpu_ids(count: int) -> list[str]:
+    """A stable identity per visible GPU, in torch's order: its UUID as nvidia-smi writes it
+    (the same in every process, whatever CUDA_VISIBLE_DEVICES shows it as); where torch gives
+    none, the CUDA_VISIBLE_DEVICES entry, else the index."""
+    entries = [e.strip() for e in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    ids = []
+    for index in range(count):
+        uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "")
+        if uuid:
+            ids.append(uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}")
+        else:
+            ids.append(entries[index] if index < len(entries) and entries[index] else str(index))
+    return ids
+
+
+def no_gpu_error(requested: str) -> VirnucproError:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = "CUDA_VISIBLE_DEVICES not set" if visible is None else f"CUDA_VISIBLE_DEVICES={visible}"
+    return VirnucproError(f"--device {requested}: no CUDA GPU is visible ({where})")
+
+
 def select_device(requested: str = "auto") -> torch.device:
-    """'auto': a CUDA GPU when there is one (a free one claimed by lock file when several are
-    visible and none was pinned), else the CPU. 'cpu', 'cuda' and 'cuda:N' are taken as given."""
-    if requested == "auto":
+    """'auto': a free GPU claimed by lock file (gpu_claim) when there is one, else the CPU.
+    'cuda': the same, but a GPU is required (an error at once without one). 'cpu' and
+    'cuda:N' are taken as given (no claim)."""
+    if requested in ("auto", "cuda"):
         if not torch.cuda.is_available():
+            if requested == "cuda":
+                raise no_gpu_error(requested)
             return torch.device("cpu")
-        claimed = claim_gpu(torch.cuda.device_count())
+        claimed = claim_gpu(gpu_ids(torch.cuda.device_count()))
         return torch.device(f"cuda:{claimed or 0}")
     try:
         device = torch.device(requested)
@@ -29,7 +54,7 @@ def select_device(requested: str = "auto") -> torch.device:
         raise VirnucproError(f"--device: unknown device '{requested}'") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise VirnucproError(f"--device {requested}: no CUDA GPU is visible")
+            raise no_gpu_error(requested)
         if (device.index or 0) >= torch.cuda.device_count():
             raise VirnucproError(
                 f"--device {requested}: only {torch.cuda.device_count()} GPU(s) visible"

@@ -236,9 +236,8 @@ def load_model(
     if kind == "dnabert":
         model, tokenizer = load_dnabert(path, dev, DTYPES[prec])
     else:
-        # On a GPU every task pays the load: keep a ready-to-load copy beside the checkpoint.
-        use_cache = dev.type == "cuda"
-        model, tokenizer = load_esm2(path, dev, DTYPES[prec], use_cache=use_cache), None
+        # from the ready-to-load copy `models prepare` made, if there is one
+        model, tokenizer = load_esm2(path, dev, DTYPES[prec]), None
     loaded = LoadedModel(kind, Path(path), model, tokenizer, dev, prec, 0.0)
     if compile:
         model.compiled = True

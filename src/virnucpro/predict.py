@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virnucpro import __version__
-from virnucpro.device import describe_device, select_device, select_precision
+from virnucpro.device import describe_device, no_gpu_error, select_device, select_precision
 from virnucpro.errors import VirnucproError
 from virnucpro.fasta import atomic_writer
 from virnucpro.models.files import ModelPaths, sha256
@@ -45,7 +45,8 @@ class PredictResult:
 
 
 def plan_devices(device: str, gpus: str | None, workers: int | None) -> list[str]:
-    """One entry per worker: every visible GPU (or those of --gpus), else --workers CPUs."""
+    """One entry per worker: every visible GPU (or those of --gpus), else --workers CPUs
+    ('auto'; 'cuda' requires a GPU), or the one device given ('cpu', 'cuda:N')."""
     import torch
 
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -58,8 +59,10 @@ def plan_devices(device: str, gpus: str | None, workers: int | None) -> list[str
         if not ids or bad:
             raise VirnucproError(f"--gpus {gpus}: {visible} GPU(s) visible (0..{visible - 1})")
         return [f"cuda:{i}" for i in dict.fromkeys(ids)]
-    if device == "auto" and visible:
+    if device in ("auto", "cuda") and visible:
         return [f"cuda:{i}" for i in range(visible)]
+    if device == "cuda":  # a GPU is required
+        raise no_gpu_error(device)
     if device in ("auto", "cpu"):
         return ["cpu"] * (workers or 1)
     return [str(select_device(device))]
@@ -105,11 +108,13 @@ def predict(
                  shard_size, len(devices))  # fmt: skip
         threads = threads or max(1, (os.cpu_count() or 1) // len(devices))
         on_cpu = devices[0] == "cpu"
+        # hashed once here, not by every worker (read from `models prepare`'s sidecars)
+        digests = [sha256(p) for p in (models.esm2, models.dnabert, models.classifier)]
         # What a finished shard must have been made with to be reused by --resume: anything
         # that can change a digit of the results (on the CPU, the thread count does).
         run_key = json.dumps({
             "virnucpro": __version__,
-            "models": [sha256(p) for p in (models.esm2, models.dnabert, models.classifier)],
+            "models": digests,
             "chunk_size": chunk_size, "feature_dtype": feature_dtype, "compile": compile,
             "precision": select_precision(torch.device(devices[0]), precision),
             "device_type": "cpu" if on_cpu else "cuda", "threads": threads if on_cpu else None,
@@ -123,7 +128,7 @@ def predict(
             chunk_size=chunk_size, precision=precision, work=work,
             esm_batch_tokens=esm_batch_tokens, dna_batch_tokens=dna_batch_tokens,
             feature_dtype=feature_dtype, compile=compile, shard_key=run_key,
-            threads=threads,
+            threads=threads, model_digests=(digests[0], digests[1]),
             log_level=logging.getLogger().getEffectiveLevel(),
         )  # fmt: skip
         t = time.perf_counter()

@@ -52,6 +52,7 @@ class WorkerConfig:
     compile: bool
     shard_key: str  # what a finished shard must match to be reused: models + parameters
     threads: int | None  # torch threads per CPU worker
+    model_digests: tuple[str, str] | None = None  # sha256 of esm2, dnabert (else hashed here)
     log_level: int = logging.INFO
 
 
@@ -258,6 +259,8 @@ def _work(
         # costs 20-40 s per worker and pays back only past ~1 Gbp per GPU (docs/usage.md)
         dna = load_model("dnabert", dna_path, device, config.precision)
         esm = load_model("esm2", esm_path, device, config.precision, compile=config.compile)
+        if config.model_digests:
+            esm.model_sha256, dna.model_sha256 = config.model_digests
         if dna.dim + esm.dim != classifier.input_dim:
             raise VirnucproError(
                 f"{classifier_path}: classifier expects {classifier.input_dim} features, "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import math
 import os
 import pickle
@@ -39,6 +40,8 @@ from torch import nn
 
 from virnucpro.errors import VirnucproError
 from virnucpro.models.compiled import compiled_step, run_layers
+
+log = logging.getLogger(__name__)
 
 # fair-esm's ESM-1b/ESM-2 alphabet (Alphabet.from_architecture("ESM-1b")), in index order.
 PROTEIN_TOKENS: list[str] = [
@@ -291,55 +294,77 @@ def _stamp(stat: os.stat_result) -> str:
 
 
 def cache_path(path: Path, dtype: torch.dtype) -> Path:
-    """Where the ready-to-load copy of a checkpoint in ``dtype`` lives: beside it, hidden."""
+    """Where the ready-to-load copy of a checkpoint in ``dtype`` lives: beside its path (beside
+    a symlink, not its target), hidden."""
     return path.with_name(f".{path.stem}.{str(dtype).removeprefix('torch.')}.safetensors")
 
 
-def _read_cache(path: Path, cache: Path, device: torch.device | str) -> tuple | None:
-    """(config, state) from a cache written for this very checkpoint (size and mtime match)."""
+def fresh_cache(path: Path, dtype: torch.dtype) -> Path | None:
+    """The ready-to-load copy of this very checkpoint version (its stamp, through symlinks,
+    matches the one recorded) in ``dtype``, if there is one."""
+    cache = cache_path(path, dtype)
+    try:
+        with safe_open(str(cache), framework="pt") as handle:
+            fresh = (handle.metadata() or {}).get("source") == _stamp(path.stat())
+    except (OSError, SafetensorError):
+        return None
+    return cache if fresh else None
+
+
+def _read_cache(cache: Path, device: torch.device | str) -> tuple | None:
+    """(config, state) from a ready-to-load copy; None if it cannot be read."""
     try:
         with safe_open(str(cache), framework="pt", device=str(device)) as handle:
-            meta = handle.metadata() or {}
-            stat = path.stat()
-            if meta.get("source") != _stamp(stat):
-                return None
-            config = ESM2Config(**json.loads(meta["config"]))
+            config = ESM2Config(**json.loads((handle.metadata() or {})["config"]))
             return config, {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
     except (OSError, SafetensorError, KeyError, ValueError, TypeError):
         return None
 
 
-def _write_cache(path: Path, cache: Path, config: ESM2Config, state: dict, dtype) -> None:
-    stat = path.stat()
+def write_cache(path: Path, dtype: torch.dtype) -> Path:
+    """Write the ready-to-load copy of a checkpoint in ``dtype`` beside it, unless a fresh one
+    is there (`virnucpro models prepare`; loading never writes it)."""
+    path = Path(path)
+    if (cache := fresh_cache(path, dtype)) is not None:
+        return cache
+    stat = path.stat()  # before reading: a file changed meanwhile is then not marked fresh
+    config, state = _read_checkpoint(path)
     meta = {"source": _stamp(stat), "config": json.dumps(asdict(config))}
+    cache = cache_path(path, dtype)
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
     try:
         save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(tmp), meta)
+        os.chmod(tmp, stat.st_mode & 0o777)  # as readable as the checkpoint (a shared store)
         os.replace(tmp, cache)
-    except (OSError, SafetensorError):  # read-only model directory: no cache, nothing lost
-        pass
+    except SafetensorError as e:
+        raise VirnucproError(f"{cache}: cannot be written ({e})") from None
     finally:
         tmp.unlink(missing_ok=True)
+    return cache
 
 
 def load_esm2(
     path: Path,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    use_cache: bool = False,
+    use_cache: bool = True,
 ) -> ESM2:
     """Load a fair-esm ESM-2 checkpoint (.pt) of any size, in eval mode on device and dtype.
 
     The file is unpickled with weights_only (plus argparse.Namespace, which the hub files'
     cfg holds): a checkpoint cannot run code. Any problem is a one-line VirnucproError.
-    With ``use_cache``, the fused weights in ``dtype`` are also kept as a safetensors file
-    beside the checkpoint and loaded from there, straight onto the device, next time."""
+    With ``use_cache``, a fresh ready-to-load copy in ``dtype`` (write_cache) is loaded
+    instead, straight onto the device. Nothing is written."""
     path = Path(path)
-    cache = cache_path(path, dtype)
-    cached = _read_cache(path, cache, device) if use_cache and cache.is_file() else None
+    cache = fresh_cache(path, dtype) if use_cache else None
+    cached = _read_cache(cache, device) if cache is not None else None
     if cached is not None:
         config, state = cached
     else:
+        if use_cache and dtype != torch.float32:
+            log.info("%s: no ready-to-load %s copy beside it; reading the checkpoint "
+                     "('virnucpro models prepare' makes one)", path,
+                     str(dtype).removeprefix("torch."))  # fmt: skip
         config, state = _read_checkpoint(path)
     with torch.device("meta"):
         model = ESM2(config)
@@ -350,8 +375,6 @@ def load_esm2(
         raise VirnucproError(
             f"{path}: weights do not fit the configured sizes ({reason})"
         ) from None
-    if use_cache and cached is None:
-        _write_cache(path, cache, config, state, dtype)
     return model.to(device=device, dtype=dtype).eval()
 
 

@@ -7,11 +7,15 @@ Layout of a models directory (``--models DIR``)::
                                          model.safetensors or pytorch_model.bin, tokenizer.json
     DIR/classifier_300.safetensors       MLP for 300 bp chunks (state dict)
     DIR/classifier_500.safetensors       MLP for 500 bp chunks
+
+What makes loads fast is written only by `virnucpro models prepare` (and `models fetch` /
+`demo`, which call it), never by a task: ``.NAME.sha256`` checksums and ESM-2's
+ready-to-load copy ``.STEM.bfloat16.safetensors``, each beside the path it describes and
+used only while that file version is unchanged.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -21,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virnucpro.errors import VirnucproError
+from virnucpro.fasta import atomic_writer
 from virnucpro.models.classifier import MLPClassifier, convert_classifier, write_classifier
 from virnucpro.models.dnabert import DnaBertConfig, write_demo_dnabert
+from virnucpro.models.esm2 import write_cache as write_esm2_cache
 from virnucpro.models.esm2 import write_demo_esm2
 
 MODELS_ENV = "VIRNUCPRO_MODELS"
@@ -107,34 +113,119 @@ def resolve_models(
     return ModelPaths(**resolved)
 
 
-def sha256(path: Path) -> str:
-    """Checksum of a file; of a directory, the checksum of its files' names and checksums
-    (hidden files skipped).
+def _file_stamp(path: Path) -> str:
+    st = path.stat()  # of a symlink: its target's
+    return f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {st.st_ctime_ns}"
 
-    A file's checksum is kept in a sidecar ``.NAME.sha256`` (with its size and mtime) where
-    the directory is writable, so multi-GB checkpoints are hashed once, not per task."""
-    path = Path(path)
+
+def _files_under(path: Path) -> list[Path]:
+    """A directory model's files, in name order, hidden files skipped."""
+    return sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+
+
+def _stamp(path: Path) -> str:
+    """Identity of a file version: size, mtime, inode and ctime (which no copy keeps); of a
+    directory, a digest of its files' names and stamps."""
+    if not path.is_dir():
+        return _file_stamp(path)
+    listing = "".join(f"{f.relative_to(path).as_posix()}\0{_file_stamp(f)}\n"
+                      for f in _files_under(path))  # fmt: skip
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _digest(path: Path) -> str:
     if path.is_dir():
-        listing = "".join(
-            f"{file.relative_to(path).as_posix()}\0{sha256(file)}\n"
-            for file in sorted(path.rglob("*"))
-            if file.is_file() and not file.name.startswith(".")
-        )
+        listing = "".join(f"{f.relative_to(path).as_posix()}\0{_digest(f)}\n"
+                          for f in _files_under(path))  # fmt: skip
         return hashlib.sha256(listing.encode()).hexdigest()
-    sidecar = path.with_name(f".{path.name}.sha256")
-    st = path.stat()
-    stamp = f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {st.st_ctime_ns}"
-    if sidecar.is_file():
-        cached_stamp, _, digest = sidecar.read_text().strip().rpartition(" ")
-        if cached_stamp == stamp:
-            return digest
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
-    with contextlib.suppress(OSError):
-        sidecar.write_text(f"{stamp} {digest.hexdigest()}\n")
     return digest.hexdigest()
+
+
+def sidecar_path(path: Path) -> Path:
+    """Where `models prepare` keeps a model's checksum: beside its path (beside a symlink,
+    not its target), hidden."""
+    return path.with_name(f".{path.name}.sha256")
+
+
+def _read_sidecar(path: Path) -> str | None:
+    try:
+        stamp, _, digest = sidecar_path(path).read_text().strip().rpartition(" ")
+        return digest if stamp == _stamp(path) and len(digest) == 64 else None
+    except OSError:
+        return None
+
+
+def sha256(path: Path) -> str:
+    """Checksum of a file; of a directory, the checksum of its files' names and checksums
+    (hidden files skipped). Read from the sidecar `models prepare` wrote when that still
+    describes this file version, else computed; never written here (tasks must not write
+    into a models directory)."""
+    path = Path(path)
+    return _read_sidecar(path) or _digest(path)
+
+
+def write_sha256_sidecar(path: Path) -> str:
+    """Checksum of a model, kept in its sidecar ``.NAME.sha256`` (written if missing or stale)."""
+    path = Path(path)
+    if (digest := _read_sidecar(path)) is not None:
+        return digest
+    stamp = _stamp(path)  # before hashing: a file changed meanwhile is then hashed again
+    digest = _digest(path)
+    with atomic_writer(sidecar_path(path)) as out:
+        out.write(f"{stamp} {digest}\n")
+    return digest
+
+
+def _link_entries(source: Path, target: Path) -> None:
+    """``target`` holds an absolute symlink to each entry of ``source`` (hidden ones skipped)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(source.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        link, destination = target / entry.name, entry.resolve()
+        if link.is_symlink() and Path(os.readlink(link)) == destination:
+            continue
+        if link.exists() and not link.is_symlink():
+            raise VirnucproError(f"{link}: exists and is not a link into {source}")
+        tmp = target / f".{entry.name}.link{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(destination)
+        os.replace(tmp, link)
+
+
+def prepare_models(models_dir: Path, outdir: Path | None = None, precision: str = "bf16") -> Path:
+    """Make later loads fast, once: the sha256 sidecar of each model and ESM-2's
+    ready-to-load copy in ``precision`` (bf16, fp16 or fp32). Written into ``models_dir``
+    itself, or with ``outdir`` into that directory, which then also holds absolute symlinks
+    to the entries of ``models_dir`` (left untouched: a read-only store works). Returns the
+    directory to pass as --models. Nothing else ever writes into a models directory."""
+    from virnucpro.device import DTYPES
+
+    source = Path(models_dir)
+    if not source.is_dir():
+        raise VirnucproError(f"{source}: models directory not found")
+    if precision not in DTYPES:
+        raise VirnucproError(f"--precision: '{precision}' is not one of {', '.join(DTYPES)}")
+    target = source
+    if outdir is not None and Path(outdir).resolve() != source.resolve():
+        target = Path(outdir)
+        _link_entries(source, target)
+    elif not os.access(source, os.W_OK):
+        raise VirnucproError(f"{source}: not writable (--outdir DIR prepares a linked copy)")
+    esm2 = _find_esm2(target)
+    models = [esm2, target / DNABERT_DIRNAME, *sorted(target.glob("classifier_*.safetensors"))]
+    models = [path for path in models if path is not None and path.exists()]
+    if not models:
+        raise VirnucproError(f"{source}: no model files (docs/models.md gives the layout)")
+    for path in models:
+        write_sha256_sidecar(path)
+    if esm2 is not None:
+        write_esm2_cache(esm2, DTYPES[precision])
+    return target
 
 
 def write_demo_models(directory: Path, seed: int = 0) -> None:
