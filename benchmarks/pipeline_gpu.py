@@ -78,8 +78,15 @@ def timed(cmd: list[str], env: dict, cwd: Path, log: Path) -> float:
     return seconds
 
 
+def seconds(text: str) -> float:
+    """A trace duration ('1m 26s', '4.8s', '350ms', '1h 2m') in seconds."""
+    units = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    return sum(float(part.rstrip("mshd")) * units[part.lstrip("0123456789.")]
+               for part in text.split())  # fmt: skip
+
+
 def trace_summary(trace: Path) -> dict:
-    """Per process: tasks, sum and max of realtime (s), from the trace (realtime in ms)."""
+    """Per process: tasks, CPUs asked, sum and max of realtime (s), from the trace."""
     with open(trace, newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     per = defaultdict(list)
@@ -87,8 +94,9 @@ def trace_summary(trace: Path) -> dict:
         per[row["process"].split(":")[-1]].append(row)
     summary = {}
     for process, items in per.items():
-        real = [float(r["realtime"]) / 1e3 for r in items]
+        real = [seconds(r["realtime"]) for r in items]
         summary[process] = {"tasks": len(items), "status": sorted({r["status"] for r in items}),
+                            "cpus": sorted({r["cpus"] for r in items}),
                             "realtime_sum_s": round(sum(real), 1),
                             "realtime_max_s": round(max(real), 1)}  # fmt: skip
     return summary
@@ -145,7 +153,7 @@ def main() -> None:
     sampler = GpuSampler()
     sampler.start()
     results["pipeline_s"] = timed(
-        [str(args.nextflow), "run", str(ROOT), "-profile", "gpu", "--input", str(fasta),
+        [str(args.nextflow.resolve()), "run", str(ROOT), "-profile", "gpu", "--input", str(fasta),
          "--models", str(models), "--shard_size", str(args.shard_size), "--outdir", "results",
          "--trace_report_suffix", "gpu"],
         env, launch, args.out / "pipeline.log")  # fmt: skip

@@ -55,8 +55,8 @@ class Nextflow:
         self.launcher = launcher
         self.env = task_env(home)
 
-    def run(self, *args: str, cwd: Path, check: bool = True, timeout: int = 900):
-        cmd = [str(self.launcher), "run", str(REPO), *args]
+    def run(self, *args: str, cwd: Path, check: bool = True, timeout: int = 900, verb="run"):
+        cmd = [str(self.launcher), verb, str(REPO), *args]
         done = subprocess.run(
             cmd, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout
         )

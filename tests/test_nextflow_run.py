@@ -288,6 +288,29 @@ def test_slurm_profile_runs_every_task_as_a_job(nextflow, slurm, test_profile_ru
         assert job["Partition"] == ("gpu" if gpu_task else "cpu"), (row["name"], job)
 
 
+# -- GPU profile -----------------------------------------------------------------------------
+
+
+def test_gpu_tasks_keep_their_resources_under_every_profile(nextflow, tmp_path):
+    """A profile's own `withLabel: 'process_gpu'` block would replace base.config's (cpus,
+    memory and time fell back to 1 CPU and 4 GB on the GPU box before this was fixed)."""
+    done = nextflow.run("-profile", "gpu,slurm", "-flat", cwd=tmp_path, verb="config")
+    gpu = {line.split(".", 2)[2].split(" = ")[0]: line.split(" = ", 1)[1]
+           for line in done.stdout.splitlines() if "'withLabel:process_gpu'" in line}  # fmt: skip
+    assert {"cpus", "memory", "time", "accelerator", "queue", "clusterOptions"} <= set(gpu)
+    assert "4 * task.attempt" in gpu["cpus"] and "32.GB" in gpu["memory"]
+    assert "params.gpu = true" in done.stdout and "process.executor = 'slurm'" in done.stdout
+
+
+def test_gpu_profile_fails_fast_without_a_gpu(nextflow, demo_models, tmp_path):
+    done = nextflow.run("-profile", "test,gpu", "--models", str(demo_models), "--outdir", "out",
+                        "--shard_size", "100000000", cwd=tmp_path, check=False)  # fmt: skip
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "virnucpro: error: --device cuda: no CUDA GPU is visible" in output, output[-3000:]
+    assert "EMBED_" in output and "(example.shard_00001 [gpu])" in output
+
+
 # -- 6 (part): stubs, and wrong input stopped before any task -----------------------------
 
 
