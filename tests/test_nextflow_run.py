@@ -113,6 +113,9 @@ def test_resume_caches_every_task(nextflow, test_profile_run):
     rows = trace(test_profile_run / "results", "again")
     assert len(rows) == len(trace(test_profile_run / "results", "first"))
     assert {row["status"] for row in rows} == {"CACHED"}
+    done = subprocess.run([str(nextflow.launcher), "log"], cwd=test_profile_run, env=nextflow.env,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert [line.split("\t")[3].strip() for line in done.stdout.splitlines()[1:]] == ["OK", "OK"]
 
 
 # -- 3: several samples (one gzipped, one without any kept frame), change one, -resume -----
@@ -151,8 +154,14 @@ def samples(nextflow, demo_models, tmp_path_factory):
     sheet.write_text(f"sample,fasta\nalpha,{alpha}\nbeta,{beta}\nempty,{empty}\n")
     args = ["--input", str(sheet), "--models", str(demo_models), "--outdir", "results",
             "--shard_size", "5000", "-profile", "test"]  # fmt: skip
+    before = listing(demo_models)
     nextflow.run(*args, "--trace_report_suffix", "first", cwd=launch)
+    assert listing(demo_models) == before, "a task wrote into the --models directory"
     return launch, args, records
+
+
+def listing(directory: Path) -> dict[str, int]:
+    return {str(p): p.lstat().st_mtime_ns for p in [directory, *directory.rglob("*")]}
 
 
 def test_every_sequence_of_every_sample_has_a_summary_row(samples, demo_models, tmp_path):
