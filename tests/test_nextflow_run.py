@@ -20,6 +20,8 @@ from nf_run import REPO, Nextflow, install_nextflow, jobcomp, table, trace
 EXAMPLE = REPO / "examples" / "example.fa"
 VIRNUCPRO = [sys.executable, "-m", "virnucpro"]
 SCORE_TOLERANCE = 1e-6
+TEST_SHARD_SIZE, TEST_SHARDS = 4000, 4  # conf/test.config
+TEST_TASKS = 3 + 4 * TEST_SHARDS  # models, split, summarize; prepare, 2 embed, classify
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +82,7 @@ def test_profile_run(nextflow, tmp_path_factory):
 
 def test_test_profile_equals_predict(test_profile_run, demo_models, tmp_path):
     results = test_profile_run / "results"
-    reference = predict(EXAMPLE, demo_models, tmp_path / "predict", shard_size=2000)
+    reference = predict(EXAMPLE, demo_models, tmp_path / "predict", shard_size=TEST_SHARD_SIZE)
     assert_same_results(results / "example", reference)
     ran = json.loads((results / "example" / "run.json").read_text())
     expected = json.loads((reference / "run.json").read_text())
@@ -88,7 +90,7 @@ def test_test_profile_equals_predict(test_profile_run, demo_models, tmp_path):
         kind: [{**entry, "path": ran["models"][kind][0]["path"]} for entry in entries]
         for kind, entries in expected["models"].items()
     }, "the pipeline's demo models are not predict's"
-    assert ran["shards"] == expected["shards"] == 7
+    assert ran["shards"] == expected["shards"] == TEST_SHARDS
 
 
 def test_test_profile_reports(test_profile_run):
@@ -100,7 +102,7 @@ def test_test_profile_reports(test_profile_run):
     assert {row["status"] for row in rows} == {"COMPLETED"}
     gpu = [row for row in rows if row["tag"].endswith("[gpu]")]
     assert {row["process"].split(":")[-1] for row in gpu} == {"EMBED_DNA", "EMBED_PROTEIN"}
-    assert len(gpu) == 2 * 7
+    assert len(gpu) == 2 * TEST_SHARDS
     versions = (info / "software_versions.yml").read_text()
     for process in ("MODELS_DEMO", "SPLIT_FASTA", "EMBED_PROTEIN", "SUMMARIZE"):
         assert f'{process}":' in versions
@@ -289,7 +291,7 @@ def test_slurm_profile_runs_every_task_as_a_job(nextflow, slurm, test_profile_ru
         ).read_text()
     jobs = jobcomp(slurm / "jobcomp.log")
     rows = trace(tmp_path / "results", "slurm")
-    assert len(rows) == 31
+    assert len(rows) == TEST_TASKS
     for row in rows:
         job = jobs[row["native_id"]]
         assert job["JobState"] == "COMPLETED", job
