@@ -288,7 +288,7 @@ def _read_checkpoint(path: Path) -> tuple[ESM2Config, dict[str, torch.Tensor]]:
     return config, _native_state_dict(path, data.get("model"), config)
 
 
-def _stamp(stat: os.stat_result) -> str:
+def file_stamp(stat: os.stat_result) -> str:
     """Identity of a file version: size, mtime, inode and ctime (which no copy tool keeps)."""
     return f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ino} {stat.st_ctime_ns}"
 
@@ -305,7 +305,7 @@ def fresh_cache(path: Path, dtype: torch.dtype) -> Path | None:
     cache = cache_path(path, dtype)
     try:
         with safe_open(str(cache), framework="pt") as handle:
-            fresh = (handle.metadata() or {}).get("source") == _stamp(path.stat())
+            fresh = (handle.metadata() or {}).get("source") == file_stamp(path.stat())
     except (OSError, SafetensorError):
         return None
     return cache if fresh else None
@@ -329,7 +329,7 @@ def write_cache(path: Path, dtype: torch.dtype) -> Path:
         return cache
     stat = path.stat()  # before reading: a file changed meanwhile is then not marked fresh
     config, state = _read_checkpoint(path)
-    meta = {"source": _stamp(stat), "config": json.dumps(asdict(config))}
+    meta = {"source": file_stamp(stat), "config": json.dumps(asdict(config))}
     cache = cache_path(path, dtype)
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
     try:

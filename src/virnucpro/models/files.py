@@ -28,8 +28,8 @@ from virnucpro.errors import VirnucproError
 from virnucpro.fasta import atomic_writer
 from virnucpro.models.classifier import MLPClassifier, convert_classifier, write_classifier
 from virnucpro.models.dnabert import DnaBertConfig, write_demo_dnabert
+from virnucpro.models.esm2 import file_stamp, write_demo_esm2
 from virnucpro.models.esm2 import write_cache as write_esm2_cache
-from virnucpro.models.esm2 import write_demo_esm2
 
 MODELS_ENV = "VIRNUCPRO_MODELS"
 DNABERT_DIRNAME = "dnabert-s"
@@ -113,11 +113,6 @@ def resolve_models(
     return ModelPaths(**resolved)
 
 
-def _file_stamp(path: Path) -> str:
-    st = path.stat()  # of a symlink: its target's
-    return f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {st.st_ctime_ns}"
-
-
 def _files_under(path: Path) -> list[Path]:
     """A directory model's files, in name order, hidden files skipped."""
     return sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
@@ -127,8 +122,8 @@ def _stamp(path: Path) -> str:
     """Identity of a file version: size, mtime, inode and ctime (which no copy keeps); of a
     directory, a digest of its files' names and stamps."""
     if not path.is_dir():
-        return _file_stamp(path)
-    listing = "".join(f"{f.relative_to(path).as_posix()}\0{_file_stamp(f)}\n"
+        return file_stamp(path.stat())  # of a symlink: its target's
+    listing = "".join(f"{f.relative_to(path).as_posix()}\0{file_stamp(f.stat())}\n"
                       for f in _files_under(path))  # fmt: skip
     return hashlib.sha256(listing.encode()).hexdigest()
 
