@@ -140,6 +140,22 @@ def test_prepare_outdir_again_relinks_and_keeps_fresh_caches(bare, tmp_path, mon
     assert snapshot(out) == before
 
 
+def test_prepare_outdir_reuses_a_prepared_source_through_links(bare, tmp_path, monkeypatch):
+    source = tmp_path / "store"
+    source.mkdir()
+    for entry in bare.iterdir():
+        (source / entry.name).symlink_to(entry)
+    prepare_models(source)  # as `models fetch` leaves a store
+    before = snapshot(source)
+    no_hashing(monkeypatch)
+    no_checkpoint_reads(monkeypatch)
+    out = prepare_models(source, tmp_path / "prepared")
+    copy = cache_path(out / "esm2.pt", torch.bfloat16)
+    assert copy.is_symlink() and copy.resolve() == (source / copy.name).resolve()
+    assert snapshot(source) == before
+    assert sha256(out / "esm2.pt") == hashlib.sha256((bare / "esm2.pt").read_bytes()).hexdigest()
+
+
 def test_prepare_outdir_refuses_to_replace_a_real_file(bare, tmp_path):
     out = tmp_path / "prepared"
     out.mkdir()

@@ -175,11 +175,20 @@ def write_sha256_sidecar(path: Path) -> str:
     return digest
 
 
+def _prepared_file(name: str) -> bool:
+    """A checksum sidecar or an ESM-2 load copy (not a temporary file of one)."""
+    return (
+        name.startswith(".") and ".tmp" not in name and name.endswith((".sha256", ".safetensors"))
+    )
+
+
 def _link_entries(source: Path, target: Path) -> None:
-    """``target`` holds an absolute symlink to each entry of ``source`` (hidden ones skipped)."""
+    """``target`` holds an absolute symlink to each entry of ``source``: the models, and the
+    checksums and load copies already prepared there (used only while fresh, replaced in
+    ``target`` by a real file otherwise); other hidden files are skipped."""
     target.mkdir(parents=True, exist_ok=True)
     for entry in sorted(source.iterdir()):
-        if entry.name.startswith("."):
+        if entry.name.startswith(".") and not _prepared_file(entry.name):
             continue
         link, destination = target / entry.name, entry.resolve()
         if link.is_symlink() and Path(os.readlink(link)) == destination:
