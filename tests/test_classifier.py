@@ -215,36 +215,16 @@ def test_original_that_is_not_a_classifier(tmp_path):
         read_original_classifier(path)
 
 
-def test_models_fetch_downloads_and_converts(tmp_path, monkeypatch):
-    """fetch with the download addresses pointed at local files (no network here): every
-    file lands in the layout resolve_models expects and the classifiers are converted."""
-    from virnucpro.models import files
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_model_files_honour_the_umask(tmp_path, umask):
+    """safetensors alone writes 0600: a shared models directory would lock others out."""
+    from virnucpro.models.dnabert import write_demo_dnabert
 
-    source = tmp_path / "source"
-    files.write_demo_models(source)
-    (source / "esm2_t36_3B_UR50D.pt").write_bytes((source / "esm2.pt").read_bytes())
-    (source / "dnabert-s" / "pytorch_model.bin").write_bytes(b"weights")
-    original = MLPClassifier(112).eval()
-    for size in (300, 500):
-        torch.save(original.state_dict(), source / f"{size}_model.pth")
-    monkeypatch.setattr(files, "ESM2_URL", (source / "esm2_t36_3B_UR50D.pt").as_uri())
-    monkeypatch.setattr(files, "DNABERT_URL", (source / "dnabert-s").as_uri() + "/")
-    monkeypatch.setattr(files, "CLASSIFIER_URL", source.as_uri() + "/{size}_model.pth")
-
-    cache = tmp_path / "cache"
-    files.fetch_models(cache)
-    paths = files.resolve_models(cache, chunk_size=300)
-    assert paths.esm2.name == "esm2_t36_3B_UR50D.pt"
-    assert (paths.dnabert / "pytorch_model.bin").read_bytes() == b"weights"
-    converted = load_classifier(paths.classifier)
-    for key, value in original.state_dict().items():
-        assert torch.equal(converted.state_dict()[key], value)
-
-
-def test_models_fetch_without_network_says_what_to_do(tmp_path, monkeypatch):
-    from virnucpro.models import files
-
-    monkeypatch.setattr(files, "ESM2_URL", (tmp_path / "nowhere" / "esm2_x.pt").as_uri())
-    with pytest.raises(VirnucproError, match="download failed.*docs/models.md"):
-        files.fetch_models(tmp_path / "cache")
-    assert not list((tmp_path / "cache").glob("*.pt"))  # nothing half-written
+    old = os.umask(umask)
+    try:
+        write_classifier(MLPClassifier(8), tmp_path / "classifier.safetensors")
+        write_demo_dnabert(tmp_path / "dnabert", seed=0)
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "classifier.safetensors", tmp_path / "dnabert" / "model.safetensors"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path

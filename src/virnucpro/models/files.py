@@ -17,10 +17,8 @@ used only while that file version is unchanged.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import shutil
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,13 +29,57 @@ from virnucpro.models.dnabert import DnaBertConfig, write_demo_dnabert
 from virnucpro.models.esm2 import file_stamp, write_demo_esm2
 from virnucpro.models.esm2 import write_cache as write_esm2_cache
 
+log = logging.getLogger("virnucpro")
+
 MODELS_ENV = "VIRNUCPRO_MODELS"
 DNABERT_DIRNAME = "dnabert-s"
 
+# Pinned sources of `models fetch`: fixed revisions, and what each file must hash to. Only
+# values found in a public source are pinned (named beside each); docs/models.md lists them.
+#
+# ESM-2 3B. fair-esm publishes no checksums; this sha256 and size are the ones recorded
+# independently by several public projects that pin this exact file (found by code search: a
+# SimpleFold asset manifest, "esm2_t36_3B_UR50D.pt | 5678116398 | 7de8b408...", a Protenix
+# download manifest `_PROTENIX_ESM2_3B_SHA256`, an ESMFold-baseline README, a geoaudit
+# PLM script `ESM_SHA256`), all with the same value.
 ESM2_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/esm2_t36_3B_UR50D.pt"
-DNABERT_URL = "https://huggingface.co/zhihan1996/DNABERT-S/resolve/main/"
-DNABERT_FILES = ("config.json", "tokenizer.json", "pytorch_model.bin")
-CLASSIFIER_URL = "https://raw.githubusercontent.com/Li-Jing-1997/VirNucPro/main/{size}_model.pth"
+ESM2_SHA256 = "7de8b4082ba15891959ab368b77ce3886697af1efb16d3c9e9e7b0c5d3f07500"
+ESM2_SIZE = 5678116398
+# DNABERT-S: Hugging Face zhihan1996/DNABERT-S at commit 00e47f96 (the revision pinned by
+# MultiMolecule's upstream DNABERT-S fixture generator, UPSTREAM_COMMIT, and by other pinned
+# users); the sizes and sha256 of the three files at that commit are those of a pinned GENEB
+# DNABERT-S oracle script (SOURCE_FILES, which lists every file of that commit); the
+# pytorch_model.bin sha256 is also MultiMolecule's CHECKPOINT_SHA256.
+DNABERT_REPO = "zhihan1996/DNABERT-S"
+DNABERT_REVISION = "00e47f96cdea35e4b6f5df89e5419cbe47d490c6"
+DNABERT_URL = f"https://huggingface.co/{DNABERT_REPO}/resolve/{DNABERT_REVISION}/"
+DNABERT_PINS = {  # name: (size, sha256)
+    "config.json": (1025, "d54c142114563aa34ef7c2b54ccc921d08e50cd7c3cd69c439d5e0d2bbcfcdee"),
+    "tokenizer.json": (
+        168203,
+        "667f5a0e6e9630f7052b004784dda7c7aeba395cc4ca3c01b11b02e6aa29d7b1",
+    ),
+    "pytorch_model.bin": (
+        468320053,
+        "f3cfc3d0541859df64759e758cc4bc40fe1d5760799a7d098a9f9f09501c1e5f",
+    ),
+}
+DNABERT_FILES = tuple(DNABERT_PINS)
+# Classifiers: github.com/Li-Jing-1997/VirNucPro at commit 0f93f275 (2025-04-01, the newest
+# commit seen); plain git blobs (no LFS), so the pin is their git blob ids from that commit's
+# tree (`git ls-tree`), unchanged since the first commit 0b7e6f1f. No sha256 or size was
+# found published anywhere: the sha256 is recorded at download (.fetch.json) and logged.
+CLASSIFIER_REVISION = "0f93f2755a7ea1acd3ff1bcf182892f960ef3326"
+CLASSIFIER_URL = (
+    "https://raw.githubusercontent.com/Li-Jing-1997/VirNucPro/"
+    + CLASSIFIER_REVISION
+    + "/{size}_model.pth"
+)
+CLASSIFIER_GIT_BLOBS = {
+    300: "a0b5b85e7c1e44f00cde146d091beb82b2c8e855",
+    500: "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d",
+}
+FETCH_MANIFEST = ".fetch.json"
 
 
 def default_models_dir() -> Path:
@@ -251,37 +293,133 @@ def write_demo_models(directory: Path, seed: int = 0) -> None:
         write_classifier(model, directory / classifier_name(size))
 
 
-def _download(url: str, destination: Path) -> None:
-    tmp = destination.with_name(f".{destination.name}.part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out, length=1 << 20)
-        os.replace(tmp, destination)
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        reason = getattr(e, "reason", None) or e
+@dataclass(frozen=True)
+class Remote:
+    """One file `models fetch` downloads, and what it must hash to."""
+
+    url: str
+    path: str  # relative to the models directory
+    sha256: str | None = None
+    size: int | None = None
+    git_sha1: str | None = None  # git blob id, where that is what is pinned
+    classifier: int | None = None  # the chunk size of a classifier .pth
+
+    @property
+    def check(self) -> str:
+        if self.sha256:
+            return "pinned sha256 and size"
+        return "pinned git blob sha1 (sha256 recorded at download)"
+
+
+def remotes() -> list[Remote]:
+    """Every file `models fetch` downloads, with its pins."""
+    found = [Remote(ESM2_URL, Path(ESM2_URL).name, ESM2_SHA256, ESM2_SIZE)]
+    found += [
+        Remote(DNABERT_URL + name, f"{DNABERT_DIRNAME}/{name}", digest, size)
+        for name, (size, digest) in DNABERT_PINS.items()
+    ]
+    found += [
+        Remote(
+            CLASSIFIER_URL.format(size=size), f"{size}_model.pth", git_sha1=blob, classifier=size
+        )
+        for size, blob in CLASSIFIER_GIT_BLOBS.items()
+    ]
+    return found
+
+
+def _write_file_sidecar(path: Path, digest: str) -> None:
+    """The sidecar `models prepare` reads (``.NAME.sha256``), from a digest just computed while
+    downloading, so that a 6 GB file is not hashed again."""
+    with atomic_writer(sidecar_path(path)) as out:
+        out.write(f"{_stamp(path)} {digest}\n")
+
+
+def _check_present(path: Path, remote: Remote) -> str:
+    """sha256 of a file already in place, checked against its pins (it was put there by an
+    earlier fetch, which checked it, or by hand)."""
+    from virnucpro.models.download import BLOCK, git_blob_sha1
+
+    fresh = _read_sidecar(path)
+    digest = fresh or _digest(path)
+    if remote.sha256 is not None and digest != remote.sha256:
         raise VirnucproError(
-            f"{url}: download failed ({reason}); without a network, copy the files into "
-            f"{destination.parent} as docs/models.md describes"
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
+            f"{path}: sha256 mismatch: expected {remote.sha256}, got {digest} (a file already "
+            f"there; remove it and run 'virnucpro models fetch' again)"
+        )
+    if remote.git_sha1 is not None:
+        blob = git_blob_sha1(path.stat().st_size)
+        with open(path, "rb") as handle:
+            while block := handle.read(BLOCK):
+                blob.update(block)
+        if blob.hexdigest() != remote.git_sha1:
+            raise VirnucproError(
+                f"{path}: git blob sha1 mismatch: expected {remote.git_sha1}, got "
+                f"{blob.hexdigest()} (a file already there; remove it and run "
+                f"'virnucpro models fetch' again)"
+            )
+    if fresh is None:
+        _write_file_sidecar(path, digest)
+    return digest
 
 
-def fetch_models(cache: Path) -> list[Path]:
-    """Download ESM-2 3B, DNABERT-S and the published classifiers into ``cache`` (skipping
-    files already there), converting the classifiers to safetensors."""
+def fetch_models(cache: Path, *, mirror: str | None = None, attempts: int = 3) -> list[Path]:
+    """Download ESM-2 3B, DNABERT-S and the published classifiers into ``cache`` from their
+    pinned revisions, each checked against its pinned checksum before it takes its place
+    (resumed where an earlier fetch stopped), then convert the classifiers to safetensors.
+    Files already there are checked, not downloaded again. ``mirror`` (default
+    ``$VIRNUCPRO_MODELS_MIRROR``) replaces the hosts, for tests or a local copy; the checksums
+    still apply. Writes ``.fetch.json``: the source, check and sha256 of every file."""
+    import json
+
+    from virnucpro.models.download import MIRROR_ENV, download, mirror_url
+
     cache = Path(cache)
+    mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
+    if mirror:
+        log.warning("downloading from the mirror %s instead of the pinned hosts", mirror)
     (cache / DNABERT_DIRNAME).mkdir(parents=True, exist_ok=True)
-    wanted = [(ESM2_URL, cache / Path(ESM2_URL).name)]
-    wanted += [(DNABERT_URL + name, cache / DNABERT_DIRNAME / name) for name in DNABERT_FILES]
-    for url, destination in wanted:
-        if not destination.is_file():
-            _download(url, destination)
-    for size in (300, 500):
+    manifest = cache / FETCH_MANIFEST
+    try:
+        records: dict[str, dict] = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        records = {}
+    wanted = remotes()
+    for remote in wanted:
+        destination = cache / remote.path
+        if remote.classifier and (cache / classifier_name(remote.classifier)).is_file():
+            continue  # converted already (or placed by hand): the .pth is not needed
+        url = mirror_url(remote.url, mirror)
+        record = dict(records.get(remote.path, {}))
+        if destination.is_file():
+            digest = _check_present(destination, remote)
+        else:
+            record["downloaded_from"] = url
+            digest = download(
+                url,
+                destination,
+                sha256=remote.sha256,
+                size=remote.size,
+                git_sha1=remote.git_sha1,
+                label=remote.path,
+                attempts=attempts,
+                https_only=not mirror,
+            )
+            _write_file_sidecar(destination, digest)
+        record.update(url=remote.url, check=remote.check, sha256=digest)
+        record["size"] = destination.stat().st_size
+        if remote.git_sha1:
+            record["git_blob_sha1"] = remote.git_sha1
+        records[remote.path] = record
+    for size in CLASSIFIER_GIT_BLOBS:
         target = cache / classifier_name(size)
         if not target.is_file():
             original = cache / f"{size}_model.pth"
-            if not original.is_file():
-                _download(CLASSIFIER_URL.format(size=size), original)
             convert_classifier(original, target)
-    return [destination for _, destination in wanted]
+            records[classifier_name(size)] = {
+                "converted_from": original.name,
+                "sha256": write_sha256_sidecar(target),
+            }
+    with atomic_writer(manifest) as out:
+        json.dump({"files": records}, out, indent=2, sort_keys=True)
+        out.write("\n")
+    return [cache / remote.path for remote in wanted if (cache / remote.path).is_file()]
