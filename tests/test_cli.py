@@ -81,12 +81,11 @@ class Result:
         return self
 
 
-def cold(*args: object, cwd: Path | None = None) -> Result:
+def cold(*args: object, cwd: Path | None = None, env: dict | None = None) -> Result:
     """One command in a new process, exactly as a user runs it."""
     argv = tuple(map(str, args))
-    proc = subprocess.run(
-        [str(VIRNUCPRO), *argv], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300
-    )
+    proc = subprocess.run([str(VIRNUCPRO), *argv], capture_output=True, text=True,
+                          env={**ENV, **(env or {})}, cwd=cwd, timeout=300)  # fmt: skip
     return Result(argv, proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -555,10 +554,10 @@ def test_embed_with_compile_gives_the_eager_features(cli, demo, chain, tmp_path,
                                                      suffix):  # fmt: skip
     frames = chain.work / f"{chain.prefixes[1]}{suffix}"
     features = {}
-    for mode in ("--no-compile", "--compile"):
-        out = tmp_path / mode.strip("-")
+    for mode in ((), ("--compile",)):
+        out = tmp_path / ("compiled" if mode else "eager")
         cli(stage, frames, "--models", demo, "--outdir", out, "--feature-dtype", "float32",
-            mode).check()  # fmt: skip
+            *mode).check()  # fmt: skip
         features[mode] = read_features(out / f"{chain.prefixes[1]}.{kind}.safetensors")
     (eager_ids, eager, eager_meta), (compiled_ids, compiled, compiled_meta) = features.values()
     assert json.loads(eager_meta["info"])["compiled"] is False
@@ -723,8 +722,7 @@ def test_bad_fasta_predict(case, cli, demo, tmp_path):
     result = cli("predict", path, "--models", demo, "--outdir", out, "--shard-size", 5)
     # predict loads the models first and logs that (see the test below)
     assert_user_error(result, str(path), BAD_FASTA[case][1], log_lines_before=True)
-    assert files_under(out) == []
-    assert not (out / "work").exists()
+    assert not out.exists()  # not even an empty output directory
 
 
 def test_bad_frame_file_embed_dna_after_the_first_chunk(cli, demo, tmp_path):
@@ -886,3 +884,193 @@ def test_summarize_with_manifest_refuses_a_shard_it_does_not_list(cli, chain, tm
     assert result.rc == 2
     assert f"shard '{chain.prefixes[0]}' is not in the shard manifest" in result.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+# --------------------------------------------------------------------------------------
+# predict never deletes or replaces what is not its own
+# --------------------------------------------------------------------------------------
+
+WORK = "virnucpro-work"  # predict's intermediates in OUTDIR
+
+
+def contents(directory: Path) -> dict[Path, str]:
+    return {p: sha256_file(p) for p in files_under(directory)}
+
+
+@pytest.fixture
+def kept_run(demo, tmp_path) -> Path:
+    """An OUTDIR with the results and kept intermediates of a finished run."""
+    out = tmp_path / "kept"
+    cold("predict", EXAMPLE, "--models", demo, "--outdir", out, "--shard-size", 2000,
+         "--keep-intermediate").check()  # fmt: skip
+    assert (out / WORK / "shards" / "shard_00001.fa").is_file()
+    return out
+
+
+def test_rejected_input_leaves_an_earlier_runs_files_alone(cli, demo, kept_run, tmp_path):
+    before = contents(kept_run)
+    bad = bad_fasta(tmp_path, "duplicate_ids")
+    for extra in ((), ("--resume",)):
+        result = cli("predict", bad, "--models", demo, "--outdir", kept_run, *extra)
+        assert_user_error(result, log_lines_before=True)
+    assert contents(kept_run) == before
+
+
+def test_results_of_an_earlier_run_are_not_replaced(cli, demo, kept_run):
+    before = contents(kept_run)
+    shutil.rmtree(kept_run / WORK)
+    before = contents(kept_run)
+    result = cli("predict", EXAMPLE, "--models", demo, "--outdir", kept_run)
+    assert_user_error(result, f"{kept_run}: already holds results (prediction_results.txt")
+    assert contents(kept_run) == before
+
+
+def test_kept_intermediates_need_resume(cli, demo, kept_run):
+    for name in RESULTS:
+        (kept_run / name).unlink()
+    before = contents(kept_run)
+    result = cli("predict", EXAMPLE, "--models", demo, "--outdir", kept_run)
+    assert_user_error(result, f"{kept_run / WORK}: holds an earlier run's intermediates; add "
+                      "--resume")  # fmt: skip
+    assert contents(kept_run) == before
+
+
+def test_a_work_directory_of_the_users_is_left_alone(cli, demo, tmp_path):
+    """Nextflow's work/ (or any directory of the user's) beside the results survives a run."""
+    out = tmp_path / "out"
+    (out / "work" / "ab").mkdir(parents=True)
+    (out / "work" / "ab" / "task.log").write_text("theirs\n")
+    cli("predict", EXAMPLE, "--models", demo, "--outdir", out, "--shard-size", 2000).check()
+    assert (out / "work" / "ab" / "task.log").read_text() == "theirs\n"
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUTS, "work"])
+
+
+def test_a_directory_with_predicts_work_name_but_not_its_own_is_refused(cli, demo, tmp_path):
+    out = tmp_path / "out"
+    (out / WORK).mkdir(parents=True)
+    (out / WORK / "notes.txt").write_text("theirs\n")
+    for extra in ((), ("--resume",)):
+        result = cli("predict", EXAMPLE, "--models", demo, "--outdir", out, *extra)
+        assert_user_error(result, f"{out / WORK}: exists but was not made by virnucpro predict")
+    assert files_under(out) == [out / WORK / "notes.txt"]
+
+
+def test_rejected_input_creates_no_output_directory(cli, demo, tmp_path):
+    bad = bad_fasta(tmp_path, "not_fasta")
+    out = tmp_path / "new" / "out"
+    result = cli("predict", bad, "--models", demo, "--outdir", out)
+    assert_user_error(result, str(bad), log_lines_before=True)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_fatal_error_keeps_the_finished_shards(demo, tmp_path, monkeypatch):
+    """Workers that keep dying after a shard finished: the error says how to resume, and what
+    it says is kept is still there."""
+    import virnucpro.predict as predict_module
+    from virnucpro.errors import VirnucproError
+    from virnucpro.models.files import resolve_models
+
+    def finish_one_then_die(pending, devices, config, progress):
+        (config.work / "shard_00001.done.json").write_text("{}")
+        raise VirnucproError("workers keep dying (last exit code -9)")
+
+    monkeypatch.setattr(predict_module, "run_shards", finish_one_then_die)
+    out = tmp_path / "out"
+    with pytest.raises(VirnucproError) as error:
+        predict_module.predict(EXAMPLE, out, resolve_models(demo), shard_size=2000, workers=1,
+                               threads=1)  # fmt: skip
+    assert str(error.value) == (
+        f"workers keep dying (last exit code -9) (1 finished shard(s) kept in {out / WORK}; "
+        "rerun the same command with --resume)"
+    )
+    assert (out / WORK / "shard_00001.done.json").is_file()
+    assert len(list((out / WORK / "shards").glob("shard_*.fa"))) == 7
+
+
+def test_resume_says_why_it_reuses_nothing(cli, demo, kept_run):
+    for name in RESULTS:
+        (kept_run / name).unlink()
+    result = cli("predict", EXAMPLE, "--models", demo, "--outdir", kept_run, "--shard-size", 2000,
+                 "--resume", "--threshold", "0.6", "--feature-dtype", "float32")  # fmt: skip
+    result.check()
+    assert "resume: reusing nothing: feature_dtype was float16, now float32" in result.stderr
+
+
+# --------------------------------------------------------------------------------------
+# What a user sees: usage errors, the log file, --help at 80 columns
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["predict", "in.fa", "-o", "out", "--chunk-size", "400"],
+         "Invalid value for '--chunk-size': '400' is not one of '300', '500'. "
+         "(see 'virnucpro predict -h')"),
+        (["predict", "in.fa", "-o", "out", "-q"],
+         "No such option: -q (it goes before the command: virnucpro -q COMMAND ...) "
+         "(see 'virnucpro predict -h')"),
+        (["predict", "in.fa"], "Missing option '--outdir' / '-o'. (see 'virnucpro predict -h')"),
+        (["no-such-command"], "No such command 'no-such-command'. (see 'virnucpro -h')"),
+    ],
+    ids=["bad-choice", "root-option-after-command", "missing-option", "unknown-command"],
+)  # fmt: skip
+def test_usage_errors_are_one_line(args, message, cli, tmp_path):
+    result = cli(*args, cwd=tmp_path)
+    assert result.rc == 2
+    assert result.stderr == f"virnucpro: error: {message}\n"
+
+
+def test_outdir_that_is_a_file(cli, demo, tmp_path):
+    (tmp_path / "results").write_text("mine\n")
+    result = cli("predict", EXAMPLE, "--models", demo, "--outdir", tmp_path / "results")
+    assert_user_error(result, f"--outdir {tmp_path / 'results'}: exists and is not a directory")
+    assert (tmp_path / "results").read_text() == "mine\n"
+
+
+def test_log_file_holds_what_the_console_shows_and_errors(cli, demo, tmp_path):
+    log = tmp_path / "run.log"
+    ok = cli("--log-file", log, "predict", EXAMPLE, "--models", demo, "--outdir", tmp_path / "a",
+             "--shard-size", 2000).check()  # fmt: skip
+    shown = [line for line in ok.stderr.splitlines() if LOG_LINE.match(line)]
+    assert shown and log.read_text().splitlines() == shown
+
+    quiet_log = tmp_path / "quiet.log"  # -q quiets the console, not the log file
+    quiet = cli("-q", "--log-file", quiet_log, "predict", EXAMPLE, "--models", demo,
+                "--outdir", tmp_path / "b", "--shard-size", 2000).check()  # fmt: skip
+    assert quiet.stderr == ""
+    assert "outputs in" in quiet_log.read_text()
+
+    error_log = tmp_path / "error.log"
+    missing = tmp_path / "missing.fa"
+    failed = cli("--log-file", error_log, "predict", missing, "--models", demo, "--outdir",
+                 tmp_path / "c")  # fmt: skip
+    assert failed.rc == 2
+    last = error_log.read_text().splitlines()[-1]
+    assert last.endswith(f"virnucpro ERROR: {missing}: no such file"), last
+
+
+def test_predict_help_fits_80_columns(cli):
+    result = cold("predict", "--help", env={"COLUMNS": "80"})
+    assert result.rc == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 80
+    assert "…" not in result.stdout  # no truncated option name or help
+    for group in ("Input and output", "Models", "Hardware", "Resume", "Tuning"):
+        assert any(group in line for line in lines), group
+    for option in ("--outdir", "--models", "--esm-batch-size", "--dna-batch-size",
+                   "--keep-intermediate", "--resume", "--feature-dtype"):  # fmt: skip
+        assert re.search(rf"\s{option}\s", result.stdout), option
+    assert "--no-" not in result.stdout  # flags are plain switches
+
+
+def test_fasta_with_a_byte_order_mark(cli, tmp_path):
+    plain = tmp_path / "plain.fa"
+    plain.write_text(">a desc\n" + "ATGGCC" * 60 + "\n>b\nATGAAACCCGGGTTT\n")
+    marked = tmp_path / "bom.fa"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    for path in (plain, marked):
+        cli("prepare", path, "--outdir", tmp_path / "out", "--prefix", path.stem).check()
+    for suffix in (".nucleotide.fa", ".protein.faa", ".sequences.tsv"):
+        out = tmp_path / "out"
+        assert (out / f"bom{suffix}").read_bytes() == (out / f"plain{suffix}").read_bytes()

@@ -28,6 +28,7 @@ VIRNUCPRO = Path(sys.executable).parent / "virnucpro"
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv",
            "virnucpro_summary.tsv")  # fmt: skip
 SHARD_SIZE = "2000"  # 7 shards of the example
+WORK = "virnucpro-work"  # predict's intermediates in OUTDIR
 
 
 def predict(models: Path, out: Path, *extra: str, env: dict | None = None, **kwargs):
@@ -74,11 +75,11 @@ def test_failed_shard_is_reported_and_resume_completes_it(demo, clean, tmp_path)
     assert "1 of 7 shard(s) failed" in failed.stderr
     assert "Traceback" not in failed.stderr
     lines = (out / "failed_files.txt").read_text().splitlines()
-    assert lines == [f"{out / 'work' / 'shards' / 'shard_00002.fa'}|embed-dna|test failure"]
+    assert lines == [f"{out / WORK / 'shards' / 'shard_00002.fa'}|embed-dna|test failure"]
 
     # the other shards are complete; shard 2's sequences are listed as unfinished
     shard2 = {line[1:].split()[0] for line in
-              (out / "work" / "shards" / "shard_00002.fa").read_text().splitlines()
+              (out / WORK / "shards" / "shard_00002.fa").read_text().splitlines()
               if line.startswith(">")}  # fmt: skip
     clean_rows = clean["virnucpro_summary.tsv"].decode().splitlines()
     rows = (out / "virnucpro_summary.tsv").read_text().splitlines()
@@ -110,7 +111,7 @@ def test_killed_run_resumes_to_the_same_files(demo, clean, tmp_path):
                "--workers", "1"]  # fmt: skip
     process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while len(list((out / "work").glob("*.done.json"))) < 2:
+    while len(list((out / WORK).glob("*.done.json"))) < 2:
         assert process.poll() is None, "finished before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -122,6 +123,36 @@ def test_killed_run_resumes_to_the_same_files(demo, clean, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert results(out) == clean
     assert json.loads((out / "run.json").read_text())["shards_reused"] >= 2
+
+
+def test_interrupted_run_keeps_finished_shards_and_says_how_to_resume(demo, clean, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group): exit 130, one warning naming the
+    finished shards kept and --resume, no traceback; --resume then finishes the same files."""
+    out = tmp_path / "out"
+    command = [str(VIRNUCPRO), "-q", "predict", str(EXAMPLE), "--models", str(demo),
+               "--outdir", str(out), "--shard-size", SHARD_SIZE, "--threads", "1",
+               "--workers", "1"]  # fmt: skip
+    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(list((out / WORK).glob("*.done.json"))) < 2:
+        assert process.poll() is None, "finished before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert lines[-1] == "virnucpro: error: interrupted", stderr
+    kept = len(list((out / WORK).glob("*.done.json")))
+    hint = f"interrupted: {kept} finished shard(s) kept in {out / WORK}; rerun the same command"
+    assert f"{hint} with --resume" in stderr, stderr
+    assert kept >= 2 and not (out / "virnucpro_summary.tsv").exists()
+
+    resumed = predict(demo, out, "--workers", "1", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert results(out) == clean
+    assert json.loads((out / "run.json").read_text())["shards_reused"] == kept
 
 
 def test_resume_ignores_shards_of_other_parameters(demo, tmp_path):
@@ -136,7 +167,7 @@ def test_resume_ignores_shards_of_other_parameters(demo, tmp_path):
 def test_gpus_on_a_machine_without_them(demo, tmp_path):
     result = predict(demo, tmp_path / "out", "--gpus", "0")
     assert result.returncode == 2
-    assert result.stderr.startswith("virnucpro: error: --gpus 0: 0 GPU(s) visible")
+    assert result.stderr == "virnucpro: error: --gpus 0: no GPU is visible on this machine\n"
 
 
 def test_resume_never_mixes_files_of_an_interrupted_rerun(demo, clean, tmp_path):
@@ -161,7 +192,7 @@ def test_every_shard_failed_writes_no_results(demo, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["failed_files.txt", "work"]
+    assert sorted(p.name for p in out.iterdir()) == ["failed_files.txt", WORK]
 
 
 def test_models_that_do_not_fit_stop_the_run_cleanly(demo, tmp_path):
@@ -187,7 +218,7 @@ def test_compile_compiles_esm2_and_leaves_dnabert_eager(demo, clean, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "leaked semaphore" not in result.stderr  # torch.compile's progress-bar lock
     compiled = {}
-    for path in sorted((out / "work").glob("shard_*.safetensors")):
+    for path in sorted((out / WORK).glob("shard_*.safetensors")):
         kind = path.name.split(".")[1]
         info = json.loads(read_features(path)[2]["info"])
         compiled.setdefault(kind, set()).add(info["compiled"])

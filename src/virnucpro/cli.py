@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer._click import exceptions as typer_exceptions  # typer vendors its own click
 
 from virnucpro import __version__
 from virnucpro.errors import VirnucproError
@@ -27,7 +28,11 @@ app.add_typer(models_app, name="models", rich_help_panel="Models")
 
 log = logging.getLogger("virnucpro")
 
+ROOT_OPTIONS = ("-q", "--quiet", "--log-file", "--version")
 END_TO_END, STAGES = "End to end", "Stages (what the Nextflow pipeline runs)"
+# Option groups of a command's --help
+IO, MODEL_FILES, HARDWARE, RUN, TUNING = ("Input and output", "Models", "Hardware", "Resume",
+                                          "Tuning")  # fmt: skip
 
 
 class ChunkSize(str, Enum):
@@ -52,59 +57,103 @@ ModelsDir = Annotated[
     Path | None,
     typer.Option(
         "--models",
+        metavar="DIR",
         help="Models directory (docs/models.md). Default: $VIRNUCPRO_MODELS, else "
         "~/.cache/virnucpro/models (filled by 'virnucpro models fetch').",
         show_default=False,
+        rich_help_panel=MODEL_FILES,
     ),
 ]
 EsmModel = Annotated[
     Path | None,
-    typer.Option("--esm-model", help="fair-esm ESM-2 checkpoint (.pt); overrides --models."),
+    typer.Option(
+        "--esm-model",
+        metavar="FILE",
+        rich_help_panel=MODEL_FILES,
+        help="fair-esm ESM-2 checkpoint (.pt); overrides --models.",
+    ),
 ]
 DnabertModel = Annotated[
     Path | None,
-    typer.Option("--dnabert-model", help="DNABERT-S Hugging Face directory; overrides --models."),
+    typer.Option(
+        "--dnabert-model",
+        metavar="DIR",
+        rich_help_panel=MODEL_FILES,
+        help="DNABERT-S Hugging Face directory; overrides --models.",
+    ),
 ]
 ClassifierFile = Annotated[
     Path | None,
-    typer.Option("--classifier", help="Classifier (.safetensors); overrides --models."),
+    typer.Option(
+        "--classifier",
+        metavar="FILE",
+        rich_help_panel=MODEL_FILES,
+        help="Classifier (.safetensors); overrides --models.",
+    ),
 ]
 Device = Annotated[
     str,
     typer.Option(
+        metavar="auto|cuda|cpu|cuda:N",
+        rich_help_panel=HARDWARE,
         help="auto: a free GPU if any (claimed by lock file; predict: every GPU), else the "
         "CPU; cuda: the same but a GPU is required (an error at once without one); cpu; "
-        "cuda:N: that GPU, unclaimed."
+        "cuda:N: that GPU, unclaimed.",
     ),
 ]
 PrecisionOpt = Annotated[
-    Precision, typer.Option(help="auto = bf16 on GPUs of compute capability >= 8.0, else fp32.")
+    Precision,
+    typer.Option(
+        rich_help_panel=HARDWARE,
+        help="auto = bf16 on GPUs of compute capability >= 8.0, else fp32.",
+    ),
 ]
 ChunkSizeOpt = Annotated[
-    ChunkSize, typer.Option("--chunk-size", help="Chunk length in bp (300 or 500).")
+    ChunkSize, typer.Option("--chunk-size", rich_help_panel=IO, help="Chunk length in bp.")
 ]
-Outdir = Annotated[Path, typer.Option("--outdir", "-o", help="Output directory.")]
+Outdir = Annotated[
+    Path,
+    typer.Option("--outdir", "-o", metavar="DIR", rich_help_panel=IO, help="Output directory."),
+]
 FeatureDtypeOpt = Annotated[
     FeatureDtype,
-    typer.Option("--feature-dtype", help="Storage precision of feature files."),
+    typer.Option(
+        "--feature-dtype", rich_help_panel=TUNING, help="Storage precision of feature files."
+    ),
 ]
 CompileOpt = Annotated[
     bool,
-    typer.Option(help="torch.compile the layers: faster on a GPU, after a warm-up at load."),
+    typer.Option(
+        "--compile",
+        rich_help_panel=HARDWARE,
+        help="torch.compile the layers: faster on a GPU, after a warm-up at load.",
+    ),
 ]
 Threads = Annotated[
     int | None,
-    typer.Option(min=1, help="CPU threads of torch's operations. Default: torch's choice."),
+    typer.Option(
+        min=1,
+        metavar="N",
+        rich_help_panel=HARDWARE,
+        help="CPU threads of torch's operations. Default: torch's choice.",
+    ),
 ]
 ThreadsUnused = Annotated[
     int | None,
-    typer.Option(min=1, help="Accepted so that every stage takes it; this one runs on one thread."),
+    typer.Option(
+        min=1,
+        metavar="N",
+        rich_help_panel=HARDWARE,
+        help="Accepted so that every stage takes it; this one runs on one thread.",
+    ),
 ]
 Threshold = Annotated[
     float,
     typer.Option(
         min=0.0,
         max=1.0,
+        metavar="0..1",
+        rich_help_panel=IO,
         help="A sequence is called virus when at least this fraction of its scored chunks "
         "is viral.",
     ),
@@ -134,11 +183,13 @@ def _root(
         Path | None, typer.Option("--log-file", help="Also write the log to this file.")
     ] = None,
 ) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None:
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None:  # everything, whatever --quiet says
         handlers.append(logging.FileHandler(log_file))
     logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
+        level=logging.INFO,
         format="%(asctime)s virnucpro %(levelname)s: %(message)s",
         datefmt="%H:%M:%S",
         handlers=handlers,
@@ -155,62 +206,94 @@ def predict(
     dnabert_model: DnabertModel = None,
     classifier: ClassifierFile = None,
     chunk_size: ChunkSizeOpt = ChunkSize.c500,
+    threshold: Threshold = 0.5,
     device: Device = "auto",
-    precision: PrecisionOpt = Precision.auto,
-    shard_size: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Bases per internal shard: bounds memory; the next shard is prepared while "
-            "the GPU embeds this one.",
-        ),
-    ] = 500_000,
-    compile: Annotated[
-        bool,
-        typer.Option(
-            help="torch.compile ESM-2's layers (most of the GPU time): faster on a GPU, after "
-            "a warm-up at load. DNABERT-S stays eager here (its compile costs more than it "
-            "saves below ~1 Gbp per GPU; embed-dna --compile has it)."
-        ),
-    ] = False,
     gpus: Annotated[
-        str | None, typer.Option(help="Use only these GPUs, e.g. 0,2. Default: every visible GPU.")
+        str | None,
+        typer.Option(
+            metavar="0,2",
+            rich_help_panel=HARDWARE,
+            help="Use only these GPUs. Default: every visible GPU.",
+        ),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Worker processes on a machine without GPUs.")
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            rich_help_panel=HARDWARE,
+            help="Worker processes on a machine without GPUs.",
+        ),
     ] = None,
     threads: Annotated[
         int | None,
         typer.Option(
             min=1,
+            metavar="N",
+            rich_help_panel=HARDWARE,
             help="CPU threads per worker. Default: the cores divided among the workers. "
             "Results are bit-identical for any --workers at the same --threads.",
         ),
     ] = None,
+    precision: PrecisionOpt = Precision.auto,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            rich_help_panel=HARDWARE,
+            help="torch.compile ESM-2's layers (most of the GPU time): faster on a GPU, after "
+            "a warm-up at load. DNABERT-S stays eager here (embed-dna --compile has it).",
+        ),
+    ] = False,
     resume: Annotated[
         bool,
         typer.Option(
-            help="Reuse the shards an earlier run of this input, models and parameters finished "
-            "(in OUTDIR/work)."
+            "--resume",
+            rich_help_panel=RUN,
+            help="Reuse the shards an earlier run of this input, models and parameters "
+            "finished (kept in OUTDIR/virnucpro-work).",
         ),
     ] = False,
+    keep_intermediate: Annotated[
+        bool,
+        typer.Option(
+            "--keep-intermediate",
+            rich_help_panel=RUN,
+            help="Keep shards, prepared frames and features in OUTDIR/virnucpro-work.",
+        ),
+    ] = False,
+    shard_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            metavar="BP",
+            rich_help_panel=TUNING,
+            help="Bases per internal shard: bounds memory; the next shard is prepared while "
+            "the GPU embeds this one.",
+        ),
+    ] = 500_000,
     esm_batch_size: Annotated[
         int | None,
-        typer.Option(min=1, help="ESM-2 tokens per batch. Default: sized from free GPU memory."),
+        typer.Option(
+            min=1,
+            metavar="TOKENS",
+            rich_help_panel=TUNING,
+            help="ESM-2 tokens per batch. Default: sized from free GPU memory.",
+        ),
     ] = None,
     dna_batch_size: Annotated[
-        int | None, typer.Option(min=1, help="DNABERT-S tokens per batch.")
+        int | None,
+        typer.Option(
+            min=1, metavar="TOKENS", rich_help_panel=TUNING, help="DNABERT-S tokens per batch."
+        ),
     ] = None,
-    threshold: Threshold = 0.5,
     feature_dtype: FeatureDtypeOpt = FeatureDtype.float16,
-    keep_intermediate: Annotated[
-        bool, typer.Option(help="Keep shards, prepared frames and features in OUTDIR/work.")
-    ] = False,
 ) -> None:
     """Run every stage on this machine, on all its GPUs: FASTA in, viral calls out.
 
-    Exit status 0: all done; 2: bad input or models (nothing written); 3: some shards failed
-    (listed in OUTDIR/failed_files.txt, their sequences 'unfinished'; rerun with --resume)."""
+    Exit status 0: all done. 2: bad input, options or models (nothing written). 3: some
+    shards failed (listed in OUTDIR/failed_files.txt, their sequences 'unfinished'; rerun
+    with --resume). 130: interrupted (rerun with --resume to continue)."""
     from virnucpro.models.files import resolve_models
     from virnucpro.predict import predict as run_predict
 
@@ -300,12 +383,17 @@ def _embed(
     feature_dtype: FeatureDtype,
     compile: bool = False,
     threads: int | None = None,
+    allow_nucleotide_letters: bool = False,
 ) -> None:
-    from virnucpro.embed import embed_file, load_model
+    from virnucpro.embed import check_input, check_output, embed_file, load_model
 
     _set_threads(threads)
+    # what can fail without the model fails before it is loaded
+    check_output(kind, input, outdir)
+    check_input(kind, input, allow_nucleotide_letters)
     loaded = load_model(kind, model_path, device, precision.value, compile=compile)
-    embed_file(loaded, input, outdir, batch, feature_dtype.value)
+    embed_file(loaded, input, outdir, batch, feature_dtype.value,
+               allow_nucleotide_letters=allow_nucleotide_letters)  # fmt: skip
 
 
 @app.command("embed-dna", rich_help_panel=STAGES)
@@ -344,13 +432,21 @@ def embed_protein(
     feature_dtype: FeatureDtypeOpt = FeatureDtype.float16,
     compile: CompileOpt = False,
     threads: Threads = None,
+    allow_nucleotide_letters: Annotated[
+        bool,
+        typer.Option(
+            "--allow-nucleotide-letters",
+            help="Embed the input even if every sequence is only A/C/G/T/N (by default such a "
+            "file is refused as nucleotides given by mistake).",
+        ),
+    ] = False,
 ) -> None:
     """ESM-2 features of prepared frames -> PREFIX.esm2.safetensors."""
     from virnucpro.models.files import resolve_models
 
     path = resolve_models(models, esm2=esm_model, need=("esm2",)).esm2
     _embed("esm2", input, outdir, path, device, precision, esm_batch_size, feature_dtype, compile,
-           threads)  # fmt: skip
+           threads, allow_nucleotide_letters)  # fmt: skip
 
 
 @app.command(rich_help_panel=STAGES)
@@ -422,12 +518,13 @@ def fetch(
         typer.Option(
             help="Models directory to fill. Default: $VIRNUCPRO_MODELS or "
             "~/.cache/virnucpro/models."
-        ),  # fmt: skip
+        ),
     ] = None,
     threads: Threads = None,
 ) -> None:
-    """Download ESM-2 3B, DNABERT-S and the published classifiers (about 6 GB), then prepare
-    them as 'models prepare' does."""
+    """Download ESM-2 3B, DNABERT-S and the published classifiers (about 6 GB) from pinned
+    revisions, check every file's checksum before it takes its place (an interrupted download
+    resumes on the next run), then prepare them as 'models prepare' does."""
     from virnucpro.models.files import default_models_dir, fetch_models, prepare_models
 
     _set_threads(threads)
@@ -494,23 +591,49 @@ def versions(
     typer.echo(versions_yaml(indent), nl=False)
 
 
-def main() -> None:
-    """Entry point: one-line errors with exit status 2, no tracebacks for user errors.
+def _report_error(message: str) -> None:
+    """The one-line error on stderr, and in the --log-file too (which keeps what the console
+    showed)."""
+    line = f"virnucpro: error: {message}"
+    print(line, file=sys.stderr)
+    record = logging.makeLogRecord({"name": "virnucpro", "levelno": logging.ERROR,
+                                    "levelname": "ERROR", "msg": message})  # fmt: skip
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
-    Usage errors are click's own (message and exit status 2, standalone mode)."""
+
+def _usage_message(e: typer_exceptions.UsageError) -> str:
+    """click's message on one line, pointing at the command's --help."""
+    message = " ".join(e.format_message().replace("Value error, ", "").split())
+    if isinstance(e, typer_exceptions.NoSuchOption) and e.option_name in ROOT_OPTIONS:
+        message += f" (it goes before the command: virnucpro {e.option_name} COMMAND ...)"
+    command = e.ctx.command_path if e.ctx is not None else "virnucpro"
+    return f"{message} (see '{command} -h')"
+
+
+def main() -> None:
+    """Entry point: every error is one line `virnucpro: error: ...` with no traceback; exit
+    status 2 for usage, input and model errors, 130 when interrupted."""
     try:
-        app()
-        return
+        status = app(standalone_mode=False, prog_name="virnucpro")
+        status = status if isinstance(status, int) else 0
+    except typer_exceptions.NoArgsIsHelpError:  # the help was shown
+        status = 2
+    except typer_exceptions.UsageError as e:  # typer's own click
+        _report_error(_usage_message(e))
+        status = 2
     except VirnucproError as e:
-        print(f"virnucpro: error: {e}", file=sys.stderr)
+        _report_error(str(e))
         status = 2
-    except OSError as e:  # e.g. an output directory that is a file, an unwritable log file
+    except OSError as e:  # e.g. an unwritable log file
         where = f"{e.filename}: " if e.filename else ""
-        print(f"virnucpro: error: {where}{e.strerror or e}", file=sys.stderr)
+        _report_error(f"{where}{e.strerror or e}")
         status = 2
-    except KeyboardInterrupt:
-        print("virnucpro: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, typer.Abort):
         status = 130
+    if status == 130:  # typer turns Ctrl-C into exit status 130
+        _report_error("interrupted")
     # The traceback kept the worker queues of predict alive; free them now, or Python's
     # resource tracker warns about leaked semaphores at exit.
     gc.collect()

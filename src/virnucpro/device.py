@@ -91,5 +91,10 @@ def setup(device: str, precision: str) -> tuple[torch.device, str]:
     """Resolve and log device and precision for a model stage."""
     dev = select_device(device)
     prec = select_precision(dev, precision)
-    log.info("device %s, precision %s", describe_device(dev), prec)
+    if (dev, prec) not in _announced:  # once per process, not once per model
+        _announced.add((dev, prec))
+        log.info("device %s, precision %s", describe_device(dev), prec)
     return dev, prec
+
+
+_announced: set[tuple[torch.device, str]] = set()

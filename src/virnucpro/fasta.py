@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gzip
+import io
 import os
 import re
 import zlib
@@ -23,19 +25,21 @@ class Record:
     sequence: str  # as written, whitespace removed
 
 
-def _open_text(path: Path):
+def _open_text(path: Path) -> io.TextIOWrapper:
+    """Text lines of a plain or gzipped file; a UTF-8 byte-order mark (as some Windows
+    editors write) is skipped, other non-ASCII bytes become U+FFFD and fail the checks."""
     try:
         with open(path, "rb") as raw:
             magic = raw.read(2)
+        stream = gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
     except IsADirectoryError:
         raise VirnucproError(f"{path}: is a directory, not a FASTA file") from None
     except FileNotFoundError:
         raise VirnucproError(f"{path}: no such file") from None
     except OSError as e:
         raise VirnucproError(f"{path}: cannot read ({e.strerror})") from None
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", encoding="ascii", errors="replace", newline=None)
-    return open(path, encoding="ascii", errors="replace", newline=None)
+    encoding = "utf-8-sig" if stream.peek(3)[:3] == codecs.BOM_UTF8 else "ascii"
+    return io.TextIOWrapper(stream, encoding=encoding, errors="replace", newline=None)
 
 
 def read_fasta(path: Path, nucleotide: bool = True, allow_empty: bool = False) -> Iterator[Record]:
@@ -112,6 +116,34 @@ def atomic_writer(path: Path, mode: str = "w"):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, atomically, with the mode the umask gives (0644 under umask
+    022, as any file the user writes; save_file alone makes 0600)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for a moment, under
+    the other threads writing files)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022  # not Linux: the usual default
 
 
 def fasta_stem(path: Path) -> str:

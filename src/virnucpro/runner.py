@@ -282,8 +282,8 @@ def _work(
     }
     cuda = esm.device.type == "cuda"
     total_memory = torch.cuda.get_device_properties(esm.device).total_memory if cuda else 0
-    vlog.info("worker ready: precision %s, ESM-2 batch %s tokens", esm.precision,
-              config.esm_batch_tokens or "sized from free memory")  # fmt: skip
+    vlog.info("worker ready: batches of %d (ESM-2) and %d (DNABERT-S) tokens", budgets["esm2"],
+              budgets["dnabert"])  # fmt: skip
 
     def finish(shard: _Shard) -> None:
         """Finisher thread: features written, classified, marked done and reported."""

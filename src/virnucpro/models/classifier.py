@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
 from virnucpro.errors import VirnucproError
+from virnucpro.fasta import save_safetensors
 
 HIDDEN_DIM = 512
 NUM_CLASSES = 2  # index 0 = others (score1), index 1 = virus (score2)
@@ -73,7 +74,7 @@ def load_classifier(path: Path) -> MLPClassifier:
 
 def write_classifier(model: MLPClassifier, path: Path) -> None:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "virnucpro-mlp"})
+    save_safetensors(state, path, metadata={"format": "virnucpro-mlp"})
 
 
 class _PickledMLP(nn.Module):

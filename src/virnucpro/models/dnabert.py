@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch import nn
 from torch.nn.attention import sdpa_kernel
 
 from virnucpro.errors import VirnucproError
+from virnucpro.fasta import save_safetensors
 from virnucpro.models.compiled import ATTENTION_BACKENDS, compiled_step
 
 # Checkpoint keys we knowingly drop: the [CLS] pooler of BertModel (VirNucPro mean-pools the
@@ -437,4 +438,4 @@ def write_demo_dnabert(model_dir: Path, seed: int = 0) -> None:
         value = torch.randn(shapes[key], generator=gen) * 0.05
         is_norm_weight = key.endswith("weight") and ("LayerNorm" in key or "layernorm" in key)
         state[key] = value + 1.0 if is_norm_weight else value
-    save_file(state, str(model_dir / "model.safetensors"))
+    save_safetensors(state, model_dir / "model.safetensors")
