@@ -2,23 +2,30 @@
 
 Shards are read in natural order of their names (shard_2 before shard_10) whatever order the
 files are given in; shards are contiguous runs of the input, so per-sequence rows come out in
-input order and the result does not depend on how the input was sharded.
+input order and the result does not depend on how the input was sharded. Memory is bounded
+by the largest shard, not by the run (benchmarks/README.md, "Memory at 1 Gbp"); this module
+does not import torch.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import re
+import shutil
 import statistics
+import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from virnucpro import __version__
-from virnucpro.classify import SCORES_HEADER
 from virnucpro.errors import VirnucproError
 from virnucpro.fasta import atomic_writer, read_fasta
 from virnucpro.prepare import SEQUENCES_HEADER
@@ -28,6 +35,11 @@ log = logging.getLogger(__name__)
 
 SUFFIXES = {"sequences": ".sequences.tsv", "scores": ".scores.tsv", "meta": ".scores.json"}
 DEFAULT_THRESHOLD = 0.5
+# classify.SCORES_HEADER, repeated here so that summarize does not import classify (and with
+# it torch); tests/test_summarize.py checks that the two agree.
+SCORES_HEADER = "frame_id\tprediction\tscore1\tscore2\n"
+CALLS = ("virus", "not_virus", "unscored", "unfinished")
+MERGE_FAN_IN = 64  # sorted chunk runs open at once in the final merge
 SUMMARY_HEADER = (
     "sequence_id\tlength\tchunks\tchunks_with_frames\tframes_scored\tviral_chunks\t"
     "viral_fraction\tmax_virus_score\tmean_virus_score\tcall\n"
@@ -41,13 +53,14 @@ def natural_key(name: str) -> list:
 def group_shard_files(
     files: list[Path],
     unfinished: dict[str, list[tuple[str, int]]] | None = None,
-    manifest: dict[str, list[tuple[str, int]]] | None = None,
+    manifest: dict[str, int | list[tuple[str, int]]] | None = None,
 ) -> list[dict]:
     """{kind: path} per shard, in natural order of the shard prefix; every shard needs all
     three files. An ``unfinished`` shard ({prefix: [(sequence_id, length)]}) is
-    {"unfinished": rows} instead. With a ``manifest`` (split's shards.tsv, same shape) every
-    shard it lists is expected: one without all three files is unfinished, and files of a
-    shard it does not list are refused."""
+    {"unfinished": rows} instead. With a ``manifest`` (split's shards.tsv: {prefix: its
+    rows, or just their number}) every shard it lists is expected: one without all three
+    files is unfinished ({"unfinished": rows}, or None when only the number was given), and
+    files of a shard it does not list are refused. Each shard also has its "prefix"."""
     shards: dict[str, dict] = defaultdict(dict)
     for path in map(Path, files):
         kind = next((k for k, s in SUFFIXES.items() if path.name.endswith(s)), None)
@@ -66,9 +79,10 @@ def group_shard_files(
         shards[prefix] = {"unfinished": rows}
     for prefix, rows in (manifest or {}).items():
         if len(shards.get(prefix, {})) < len(SUFFIXES):
+            count = rows if isinstance(rows, int) else len(rows)
             log.warning("shard '%s' has no results: its %d sequences are unfinished", prefix,
-                        len(rows))  # fmt: skip
-            shards[prefix] = {"unfinished": rows}
+                        count)  # fmt: skip
+            shards[prefix] = {"unfinished": None if isinstance(rows, int) else rows}
     if not shards:
         raise VirnucproError("summarize: no shard files given")
     for prefix, found in shards.items():
@@ -77,40 +91,72 @@ def group_shard_files(
         missing = [SUFFIXES[k] for k in SUFFIXES if k not in found]
         if missing:
             raise VirnucproError(f"shard '{prefix}': missing {prefix}{missing[0]}")
-    return [shards[p] for p in sorted(shards, key=natural_key)]
+    return [{**shards[p], "prefix": p} for p in sorted(shards, key=natural_key)]
 
 
-def read_manifest(path: Path) -> dict[str, list[tuple[str, int]]]:
-    """split's shards.tsv as {shard prefix: [(sequence_id, length)]}."""
+def read_manifest(path: Path, only: set[str] | None = None) -> dict[str, list[tuple[str, int]]]:
+    """split's shards.tsv as {shard prefix: [(sequence_id, length)]}; with ``only``, the rows
+    of those shards alone (the file is checked whole either way)."""
     shards: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for number, (shard, sequence_id, length) in enumerate(_rows(path, MANIFEST_HEADER), 2):
-        if not length.isdigit():
-            raise VirnucproError(f"{path}: line {number}: length '{length}' is not a number")
-        shards[shard.removesuffix(".fa")].append((sequence_id, int(length)))
+    for prefix, sequence_id, length in _manifest_rows(path):
+        if only is None or prefix in only:
+            shards[prefix].append((sequence_id, length))
     return shards
 
 
-def _rows(path: Path, header: str) -> list[list[str]]:
+def manifest_counts(path: Path) -> dict[str, int]:
+    """split's shards.tsv as {shard prefix: number of sequences}: what summarize keeps of it
+    (the rows of a shard without results are read again when its rows are written)."""
+    counts: dict[str, int] = defaultdict(int)
+    for prefix, _, _ in _manifest_rows(path):
+        counts[prefix] += 1
+    return counts
+
+
+def _manifest_rows(path: Path) -> Iterator[tuple[str, str, int]]:
+    for number, (shard, sequence_id, length) in _iter_rows(path, MANIFEST_HEADER):
+        if not length.isdigit():
+            raise VirnucproError(f"{path}: line {number}: length '{length}' is not a number")
+        yield shard.removesuffix(".fa"), sequence_id, int(length)
+
+
+def _open_table(path: Path, header: str) -> IO[str]:
+    """``path`` opened after its header line, which must be ``header``."""
     try:
-        lines = path.read_text().splitlines()
+        handle = open(path)
+        first = handle.readline()
     except OSError as e:
         raise VirnucproError(f"{path}: cannot read ({e.strerror})") from None
-    if not lines or lines[0] != header.rstrip("\n"):
+    if first.removesuffix("\n") != header.rstrip("\n"):
+        handle.close()
         raise VirnucproError(f"{path}: unexpected header (not written by virnucpro?)")
+    return handle
+
+
+def _iter_rows(path: Path, header: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each line of a table after its header, read as needed."""
     width = header.count("\t") + 1
-    rows = [line.split("\t") for line in lines[1:]]
-    for number, row in enumerate(rows, start=2):
-        if len(row) != width:
-            raise VirnucproError(f"{path}: line {number} has {len(row)} columns, not {width}")
-    return rows
+    with _open_table(path, header) as handle:
+        for number, line in enumerate(handle, start=2):
+            row = line.removesuffix("\n").split("\t")
+            if len(row) != width:
+                raise VirnucproError(f"{path}: line {number} has {len(row)} columns, not {width}")
+            yield number, row
+
+
+def _rows(path: Path, header: str) -> list[list[str]]:
+    return [row for _, row in _iter_rows(path, header)]
 
 
 @dataclass
 class SequenceScores:
+    """One sequence's frames in one shard: scores as read (float), rounded to float32 (the
+    classifier's precision, like the original) once the shard is read."""
+
     frames: int = 0
-    # chunk id -> [max score1, max score2] over its frames, as float32 like the original
-    chunks: dict[str, list[np.float32]] = field(default_factory=dict)
-    max_virus: np.float32 | None = None
+    # chunk id -> [max score1, max score2] over its frames
+    chunks: dict[str, list[float]] = field(default_factory=dict)
+    max_virus: float | None = None
 
 
 def _sequence_of(frame_id: str) -> tuple[str, str]:
@@ -130,6 +176,21 @@ def _fmt(value: float | None) -> str:
     return "NA" if value is None else str(np.float32(value))
 
 
+class Summary(dict):
+    """What summarize returns: {output name: path} as before ("results", "highestscore",
+    "summary", "run"), plus the run's per-sequence calls for an end-of-run message."""
+
+    def __init__(self, paths: dict[str, Path], sequences: int, calls: dict[str, int]):
+        super().__init__(paths)
+        self.sequences = sequences
+        self.calls = calls  # {"virus": n, "not_virus": n, "unscored": n, "unfinished": n}
+
+    @property
+    def message(self) -> str:
+        calls = ", ".join(f"{self.calls[c]:,} {c}" for c in CALLS)
+        return f"{self.sequences:,} sequences: {calls}; outputs in {self['run'].parent}"
+
+
 def summarize(
     files: list[Path],
     outdir: Path,
@@ -137,21 +198,32 @@ def summarize(
     run_info: dict | None = None,
     unfinished: list[Path] = (),
     manifest: Path | None = None,
-) -> dict[str, Path]:
+) -> Summary:
     """Stage entry: write the four outputs from the shards' three files each. Sequences of
     ``unfinished`` shards (their FASTA files: shards that failed in predict) get summary rows
     with the call ``unfinished`` and nothing else; so do those of every shard in split's
-    ``manifest`` whose results are missing (a pipeline task that failed and was ignored)."""
+    ``manifest`` whose results are missing (a pipeline task that failed and was ignored).
+
+    Memory is bounded by the largest shard: frame rows and summary rows are written as each
+    shard is read, and each shard's chunk calls go to a sorted run file in a hidden
+    directory in ``outdir``; the runs are merged into prediction_results_highestscore.csv
+    (sorted by chunk ID over the whole run) at the end."""
     if not 0.0 <= threshold <= 1.0:
         raise VirnucproError(f"--threshold must be between 0 and 1 (got {threshold})")
     failed = {
         Path(path).name.removesuffix(".fa"): [(r.id, len(r.sequence)) for r in read_fasta(path)]
         for path in unfinished
     }
-    expected = read_manifest(Path(manifest)) if manifest is not None else None
+    expected = manifest_counts(Path(manifest)) if manifest is not None else None
     shards = group_shard_files(files, failed, expected)
     if expected is None and all("unfinished" in shard for shard in shards):
         raise VirnucproError("no shard finished: nothing to summarize")
+    no_results = {s["prefix"] for s in shards if "unfinished" in s and s["unfinished"] is None}
+    if no_results:  # a shard split listed without results: its rows from the manifest
+        rows = read_manifest(Path(manifest), only=no_results)
+        for shard in shards:
+            if shard["prefix"] in no_results:
+                shard["unfinished"] = rows[shard["prefix"]]
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -160,95 +232,165 @@ def summarize(
         "summary": outdir / "virnucpro_summary.tsv",
         "run": outdir / "run.json",
     }
-    counts = defaultdict(int)
+    counts: dict[str, int] = defaultdict(int)
     stage_seconds: dict[str, float] = defaultdict(float)
-    metas = []
-    all_chunks: dict[str, list[np.float32]] = {}
-    with atomic_writer(paths["results"]) as results, atomic_writer(paths["summary"]) as summary:
-        results.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
-        summary.write(SUMMARY_HEADER)
-        for shard in shards:
-            if "unfinished" in shard:
-                for sequence_id, length in shard["unfinished"]:
-                    summary.write(f"{sequence_id}\t{length}\t" + "NA\t" * 7 + "unfinished\n")
-                    counts["sequences"] += 1
-                    counts["call_unfinished"] += 1
-                continue
-            sequences = _rows(shard["sequences"], SEQUENCES_HEADER)
-            scores = _rows(shard["scores"], SCORES_HEADER)
-            try:
-                meta = json.loads(shard["meta"].read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise VirnucproError(f"{shard['meta']}: not a scores JSON ({e})") from None
-            if not isinstance(meta, dict) or not isinstance(meta.get("stages"), dict):
-                raise VirnucproError(f"{shard['meta']}: not a scores JSON (no stages)")
-            if metas and meta.get("chunk_size") != metas[0].get("chunk_size"):
-                raise VirnucproError(
-                    f"{shard['meta']}: chunk size {meta.get('chunk_size')}, other shards "
-                    f"{metas[0].get('chunk_size')}"
+    metas: list[dict] = []
+    staging = Path(tempfile.mkdtemp(prefix=".summarize-", dir=outdir))
+    try:
+        runs = []
+        with (
+            atomic_writer(paths["results"]) as results,
+            atomic_writer(paths["summary"]) as summary,
+        ):
+            results.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
+            summary.write(SUMMARY_HEADER)
+            for shard in shards:
+                if "unfinished" in shard:
+                    for sequence_id, length in shard["unfinished"]:
+                        summary.write(f"{sequence_id}\t{length}\t" + "NA\t" * 7 + "unfinished\n")
+                        counts["sequences"] += 1
+                        counts["call_unfinished"] += 1
+                    continue
+                chunks = _summarize_shard(
+                    shard, results, summary, threshold, counts, stage_seconds, metas
                 )
-            metas.append(meta)
-            for stage, info in meta.get("stages", {}).items():
-                stage_seconds[stage] += info.get("seconds", 0.0)
+                runs.append(staging / f"run_{len(runs)}.tsv")
+                with open(runs[-1], "w") as out:
+                    out.writelines(f"{c}\t{chunks[c]}\n" for c in sorted(chunks))
+                del chunks
+        with atomic_writer(paths["highestscore"]) as out:
+            # The original's pandas groupby: chunks sorted as strings, True/False per chunk.
+            out.write("Modified_ID\tIs_Virus\n")
+            out.writelines(_merge_runs(runs, staging))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
-            per_sequence: dict[str, SequenceScores] = defaultdict(SequenceScores)
-            for frame_id, label, score1, score2 in scores:
-                results.write(f"{frame_id}\t{label}\t{score1}\t{score2}\n")
-                try:
-                    s1, s2 = np.float32(score1), np.float32(score2)
-                except ValueError:
-                    raise VirnucproError(f"{shard['scores']}: '{frame_id}' has a non-number "
-                                         "score") from None  # fmt: skip
-                sequence_id, chunk_id = _sequence_of(frame_id)
-                seq = per_sequence[sequence_id]
-                seq.frames += 1
-                best = seq.chunks.setdefault(chunk_id, [s1, s2])
-                best[0], best[1] = max(best[0], s1), max(best[1], s2)
-                seq.max_virus = s2 if seq.max_virus is None else max(seq.max_virus, s2)
-
-            known = {row[0] for row in sequences}
-            stray = next((s for s in per_sequence if s not in known), None)
-            if stray is not None:
-                raise VirnucproError(
-                    f"{shard['scores']}: scores for '{stray}', which is not in "
-                    f"{shard['sequences'].name}"
-                )
-            for sequence_id, length, chunks, with_frames, frames_kept in sequences:
-                seq = per_sequence.get(sequence_id, SequenceScores())
-                if seq.frames != int(frames_kept):
-                    raise VirnucproError(
-                        f"{shard['scores']}: {seq.frames} frames scored for '{sequence_id}', "
-                        f"{frames_kept} kept by prepare (incomplete shard?)"
-                    )
-                viral = sum(1 for s1, s2 in seq.chunks.values() if s2 >= s1)
-                scored = len(seq.chunks)
-                mean = statistics.fmean(s2 for _, s2 in seq.chunks.values()) if scored else None
-                summary.write(
-                    f"{sequence_id}\t{length}\t{chunks}\t{with_frames}\t{seq.frames}\t{viral}\t"
-                    f"{'NA' if not scored else round(viral / scored, 4)}\t"
-                    f"{_fmt(seq.max_virus)}\t{_fmt(mean)}\t{call(viral, scored, threshold)}\n"
-                )
-                counts["sequences"] += 1
-                counts["chunks"] += int(chunks)
-                counts["chunks_with_frames"] += int(with_frames)
-                counts["frames_kept"] += int(frames_kept)
-                counts["frames_scored"] += seq.frames
-                counts["viral_chunks"] += viral
-                counts[f"call_{call(viral, scored, threshold)}"] += 1
-                all_chunks.update(seq.chunks)
-
-    with atomic_writer(paths["highestscore"]) as out:
-        # The original's pandas groupby: chunks sorted as strings, True/False per chunk.
-        out.write("Modified_ID\tIs_Virus\n")
-        for chunk_id in sorted(all_chunks):
-            s1, s2 = all_chunks[chunk_id]
-            out.write(f"{chunk_id}\t{s2 >= s1}\n")
-
+    calls = {c: counts.get(f"call_{c}", 0) for c in CALLS}
     run = _run_record(metas, counts, stage_seconds, threshold, len(shards), run_info or {})
     with atomic_writer(paths["run"]) as out:
         json.dump(run, out, indent=2)
         out.write("\n")
-    return paths
+    result = Summary(paths, counts.get("sequences", 0), calls)
+    log.info("%s", result.message)
+    return result
+
+
+def _summarize_shard(
+    shard: dict,
+    results: IO[str],
+    summary: IO[str],
+    threshold: float,
+    counts: dict[str, int],
+    stage_seconds: dict[str, float],
+    metas: list[dict],
+) -> dict[str, bool]:
+    """Write one shard's frame rows and summary rows; add to the run's counts; return its
+    chunks' calls {chunk ID: viral}."""
+    sequences = _rows(shard["sequences"], SEQUENCES_HEADER)
+    scores = _open_table(shard["scores"], SCORES_HEADER)
+    with scores:
+        try:
+            meta = json.loads(shard["meta"].read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise VirnucproError(f"{shard['meta']}: not a scores JSON ({e})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("stages"), dict):
+            raise VirnucproError(f"{shard['meta']}: not a scores JSON (no stages)")
+        if metas and meta.get("chunk_size") != metas[0].get("chunk_size"):
+            raise VirnucproError(
+                f"{shard['meta']}: chunk size {meta.get('chunk_size')}, other shards "
+                f"{metas[0].get('chunk_size')}"
+            )
+        metas.append(meta)
+        for stage, info in meta.get("stages", {}).items():
+            stage_seconds[stage] += info.get("seconds", 0.0)
+
+        per_sequence: dict[str, SequenceScores] = defaultdict(SequenceScores)
+        width = SCORES_HEADER.count("\t") + 1
+        for number, line in enumerate(scores, start=2):
+            row = line.removesuffix("\n").split("\t")
+            if len(row) != width:
+                raise VirnucproError(
+                    f"{shard['scores']}: line {number} has {len(row)} columns, not {width}"
+                )
+            frame_id, label, score1, score2 = row
+            results.write(f"{frame_id}\t{label}\t{score1}\t{score2}\n")
+            try:
+                # As read; max() picks the same frame as over float32 (rounding is monotonic).
+                s1, s2 = float(score1), float(score2)
+            except ValueError:
+                raise VirnucproError(f"{shard['scores']}: '{frame_id}' has a non-number "
+                                     "score") from None  # fmt: skip
+            sequence_id, chunk_id = _sequence_of(frame_id)
+            seq = per_sequence[sequence_id]
+            seq.frames += 1
+            best = seq.chunks.setdefault(chunk_id, [s1, s2])
+            best[0], best[1] = max(best[0], s1), max(best[1], s2)
+            seq.max_virus = s2 if seq.max_virus is None else max(seq.max_virus, s2)
+
+    known = {row[0] for row in sequences}
+    stray = next((s for s in per_sequence if s not in known), None)
+    if stray is not None:
+        raise VirnucproError(
+            f"{shard['scores']}: scores for '{stray}', which is not in {shard['sequences'].name}"
+        )
+    chunk_calls: dict[str, bool] = {}
+    for sequence_id, length, chunks, with_frames, frames_kept in sequences:
+        seq = per_sequence.get(sequence_id, SequenceScores())
+        if seq.frames != int(frames_kept):
+            raise VirnucproError(
+                f"{shard['scores']}: {seq.frames} frames scored for '{sequence_id}', "
+                f"{frames_kept} kept by prepare (incomplete shard?)"
+            )
+        scored = len(seq.chunks)
+        # float32 like the original: [[max score1, max score2] per chunk]
+        best = np.array(list(seq.chunks.values()), dtype=np.float32).reshape(scored, 2)
+        viral_chunks = best[:, 1] >= best[:, 0]
+        viral = int(viral_chunks.sum())
+        mean = statistics.fmean(best[:, 1].tolist()) if scored else None
+        sequence_call = call(viral, scored, threshold)
+        summary.write(
+            f"{sequence_id}\t{length}\t{chunks}\t{with_frames}\t{seq.frames}\t{viral}\t"
+            f"{'NA' if not scored else round(viral / scored, 4)}\t"
+            f"{_fmt(seq.max_virus)}\t{_fmt(mean)}\t{sequence_call}\n"
+        )
+        counts["sequences"] += 1
+        counts["chunks"] += int(chunks)
+        counts["chunks_with_frames"] += int(with_frames)
+        counts["frames_kept"] += int(frames_kept)
+        counts["frames_scored"] += seq.frames
+        counts["viral_chunks"] += viral
+        counts[f"call_{sequence_call}"] += 1
+        chunk_calls.update(zip(seq.chunks, viral_chunks.tolist(), strict=True))
+    return chunk_calls
+
+
+def _merge_runs(runs: list[Path], staging: Path) -> Iterator[str]:
+    """Lines 'chunk_id\tcall' of sorted runs merged in chunk ID order; of equal IDs (a
+    sequence in two shards) the last run's, as a dict updated shard by shard would keep.
+    At most MERGE_FAN_IN files are open at once: more runs are merged in rounds."""
+    while len(runs) > MERGE_FAN_IN:
+        merged = []
+        for start in range(0, len(runs), MERGE_FAN_IN):
+            merged.append(staging / f"merge_{len(runs)}_{start}.tsv")
+            with open(merged[-1], "w") as out:
+                out.writelines(_merge_runs(runs[start : start + MERGE_FAN_IN], staging))
+        for run in runs:
+            run.unlink()
+        runs = merged
+    with ExitStack() as stack:
+        handles = [stack.enter_context(open(run)) for run in runs]
+        previous, previous_key = None, None
+        for line in heapq.merge(*handles, key=_chunk_key):  # stable: equal keys in run order
+            key = _chunk_key(line)
+            if previous is not None and key != previous_key:
+                yield previous
+            previous, previous_key = line, key
+        if previous is not None:
+            yield previous
+
+
+def _chunk_key(line: str) -> str:
+    return line[: line.index("\t")]
 
 
 def _run_record(
@@ -286,6 +428,8 @@ def _run_record(
             "embed-protein": distinct("embed-protein", "precision"),
         },
         "shards": n_shards,
+        "sequences": counts.get("sequences", 0),
+        "calls": {c: counts.get(f"call_{c}", 0) for c in CALLS},
         "counts": dict(sorted(counts.items())),
         "task_seconds": {k: round(v, 3) for k, v in sorted(stage_seconds.items())},
     }
