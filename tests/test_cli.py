@@ -1074,3 +1074,16 @@ def test_fasta_with_a_byte_order_mark(cli, tmp_path):
     for suffix in (".nucleotide.fa", ".protein.faa", ".sequences.tsv"):
         out = tmp_path / "out"
         assert (out / f"bom{suffix}").read_bytes() == (out / f"plain{suffix}").read_bytes()
+
+
+def test_predict_ends_by_saying_what_it_found(example_run):
+    """The last lines count the calls of virnucpro_summary.tsv and say where the outputs are."""
+    _, rows = table(example_run.out / "virnucpro_summary.tsv")
+    calls = defaultdict(int)
+    for row in rows:
+        calls[row[-1]] += 1
+    assert set(calls) <= {"virus", "not_virus", "unscored", "unfinished"} and calls["virus"]
+    expected = (f"{len(rows)} sequences: {calls['virus']} virus, {calls['not_virus']} not_virus, "
+                f"{calls['unscored']} unscored, {calls['unfinished']} unfinished; outputs in "
+                f"{example_run.out}")  # fmt: skip
+    assert expected in example_run.result.stderr.splitlines()[-2]

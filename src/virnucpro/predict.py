@@ -134,7 +134,7 @@ def predict(
     log.info("%s: %d shard(s) of about %d bp, %d worker(s) on %s", input_path, len(shards),
              shard_size, len(devices), ", ".join(sorted(set(devices))))  # fmt: skip
     run_key = json.dumps(parameters, sort_keys=True)
-    reused = [s for s in shards if resume and is_finished(work, s, run_key)]
+    reused = {s for s in shards if resume and is_finished(work, s, run_key)}
     pending = [s for s in shards if s not in reused]
     if resume:
         log.info("resume: %s", explain_resume(earlier, parameters, len(reused), len(shards)))
@@ -175,7 +175,8 @@ def predict(
                 out.write(f"{o.shard}|{o.failed_stage}|{o.error}\n")
     else:
         failed_path.unlink(missing_ok=True)
-    finished = [s for s in shards if s not in {o.shard for o in failed}]
+    failed_shards = {o.shard for o in failed}
+    finished = [s for s in shards if s not in failed_shards]
     files = [f for s in finished for f in shard_files(work, s.name.removesuffix(".fa"))]
     run_info = {
         "command": "predict",
@@ -204,8 +205,7 @@ def predict(
                   len(failed), len(shards), failed_path, work)  # fmt: skip
     elif not keep_work:  # the run succeeded: its intermediates go
         shutil.rmtree(work, ignore_errors=True)
-    log.info("virnucpro %s: outputs in %s (%.1f s)", __version__, outdir,
-             time.perf_counter() - started)  # fmt: skip
+    log.info("virnucpro %s: done in %.1f s", __version__, time.perf_counter() - started)
     return PredictResult(paths, len(failed), len(shards))
 
 
