@@ -1,5 +1,6 @@
 """The embedding loop without a model: batch planning, out-of-memory halving, and the
-feature files that carry frame IDs with their rows."""
+feature files that carry frame IDs with their rows; then embed_file with the demo models:
+block by block, checked before it embeds, provenance recorded, nucleotides refused."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import gc
 import json
 import logging
 import math
+import os
 import random
+import stat
 
 import pytest
 import torch
@@ -307,3 +310,247 @@ def test_collector_paused_restores_the_collector_as_it_was():
         assert not gc.isenabled()  # paused by the caller: left paused
     finally:
         gc.enable()
+
+
+# --------------------------------------------------------------------------------------
+# embed_file with the demo models
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from virnucpro.models.files import prepare_models, write_demo_models
+
+    directory = tmp_path_factory.mktemp("models") / "demo"
+    write_demo_models(directory)
+    prepare_models(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def models(demo):
+    from virnucpro.embed import load_model
+    from virnucpro.models.files import DNABERT_DIRNAME
+
+    return {"esm2": load_model("esm2", demo / "esm2.pt", "cpu", "fp32"),
+            "dnabert": load_model("dnabert", demo / DNABERT_DIRNAME, "cpu", "fp32")}  # fmt: skip
+
+
+def prepared(tmp_path, n: int = 300, chunk_size: int | None = 500):
+    """A nucleotide and a protein file as prepare writes them: n frames of varied lengths."""
+    rng = random.Random(n)
+    note = f" chunk_size={chunk_size}" if chunk_size else ""
+    nucleotide, protein = tmp_path / "P.nucleotide.fa", tmp_path / "P.protein.faa"
+    with open(nucleotide, "w") as nuc, open(protein, "w") as prot:
+        for i in range(n):
+            length = rng.choice([5, 17, 40, 40, 40, 120])
+            dna = "".join(rng.choices("ACGT", k=3 * length + 1))
+            aa = "".join(rng.choices("ACDEFGHIKLMNPQRSTVWY", k=length))
+            nuc.write(f">s{i}_chunk_1F1{note}\n{dna}\n")
+            prot.write(f">s{i}_chunk_1F1{note}\n{aa}\n")
+    return {"dnabert": nucleotide, "esm2": protein}
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert"])
+def test_embed_file_gives_the_whole_file_features_bit_for_bit(models, tmp_path, kind):
+    """Written block by block as batches finish, the features are those of the whole-file
+    path (read_frames + embed_frames, what predict's workers run), bit for bit."""
+    from virnucpro.embed import embed_file, embed_frames, read_frames
+
+    loaded, path = models[kind], prepared(tmp_path)[kind]
+    out = embed_file(loaded, path, tmp_path / "out", 256, "float32", show_progress=False)
+    ids, x, meta = read_features(out)
+    frames = read_frames(loaded, path)
+    assert ids == frames.ids
+    assert torch.equal(x, embed_frames(loaded, frames, 256, show_progress=False))
+    info = json.loads(meta["info"])
+    assert info["frames"] == len(ids) and info["tokens"] == sum(map(len, frames.tokens))
+
+
+def test_embed_protein_holds_a_block_not_the_file(models, tmp_path, monkeypatch):
+    """Each block's features go to the file as soon as they are done: with blocks of 64
+    frames, 300 frames make 5 writes, and the rows are the file's, in order."""
+    from virnucpro import embed
+    from virnucpro.features import FeatureWriter
+
+    loaded, path = models["esm2"], prepared(tmp_path)["esm2"]
+    whole = embed.embed_file(loaded, path, tmp_path / "whole", 256, "float32", show_progress=False)
+    monkeypatch.setattr(embed, "ESM_BLOCK_FRAMES", 64)
+    appended: list[int] = []
+    append = FeatureWriter.append
+
+    def counting(self, ids, features):
+        appended.append(len(ids))
+        append(self, ids, features)
+
+    monkeypatch.setattr(FeatureWriter, "append", counting)
+    out = embed.embed_file(loaded, path, tmp_path / "blocks", 256, "float32", show_progress=False)
+    assert appended == [64, 64, 64, 64, 44]
+    (ids, x, _), (whole_ids, y, _) = read_features(out), read_features(whole)
+    assert ids == whole_ids
+    assert torch.allclose(x, y, atol=1e-5, rtol=0)  # other batches: float rounding only
+
+
+@pytest.mark.parametrize(("chunk_size", "recorded"), [(300, "300"), (None, "unknown")])
+def test_feature_files_record_their_provenance(models, tmp_path, chunk_size, recorded):
+    from virnucpro.embed import embed_file
+
+    paths = prepared(tmp_path, 20, chunk_size)
+    for kind, loaded in models.items():
+        meta = read_features(embed_file(loaded, paths[kind], tmp_path, show_progress=False))[2]
+        assert meta["model_kind"] == kind and meta["model_sha256"] == loaded.model_sha256
+        assert (meta["precision"], meta["feature_dtype"]) == ("fp32", "float16")
+        assert meta["chunk_size"] == recorded
+
+
+def test_prepare_notes_the_chunk_size_in_each_header(tmp_path):
+    from virnucpro.embed import prepared_chunk_size
+    from virnucpro.fasta import read_fasta
+    from virnucpro.prepare import prepare
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">orf1 some words\nATGGCCAAAGGGCTGCTG\n")
+    prepare(fasta, 300, tmp_path, "P")
+    lines = (tmp_path / "P.protein.faa").read_text().splitlines()
+    assert lines[0] == ">orf1_chunk_1F1 chunk_size=300" and lines[1] == "MAKGLL"
+    headers = [line for line in lines if line.startswith(">")]
+    assert all(line.endswith(" chunk_size=300") for line in headers)
+    for name in ("P.protein.faa", "P.nucleotide.fa"):
+        assert prepared_chunk_size(tmp_path / name) == 300
+        # record IDs are the first word: readers see the IDs alone
+        assert [r.id for r in read_fasta(tmp_path / name, nucleotide=False)][0] == "orf1_chunk_1F1"
+
+
+def test_feature_files_honour_the_umask(models, tmp_path):
+    from virnucpro.embed import embed_file
+
+    path = prepared(tmp_path, 5)["esm2"]
+    old = os.umask(0o022)
+    try:
+        out = embed_file(models["esm2"], path, tmp_path / "out", show_progress=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+class Spy:
+    """Counts the batches a model runs."""
+
+    def __init__(self, loaded) -> None:
+        self.loaded, self.calls = loaded, 0
+
+    def __enter__(self):
+        run = self.loaded.run
+
+        def counted(tokens):
+            self.calls += 1
+            return run(tokens)
+
+        self.loaded.run = counted
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self.loaded.run
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert"])
+def test_an_output_that_cannot_be_written_fails_before_any_embedding(models, tmp_path, kind):
+    """A write error after hours of GPU work loses the work: what can be checked is checked
+    first (the output path a directory, the output directory a file)."""
+    from virnucpro.embed import embed_file, output_path
+
+    path = prepared(tmp_path, 30)[kind]
+    taken = output_path(kind, path, tmp_path / "out")
+    taken.mkdir(parents=True)
+    with Spy(models[kind]) as spy, pytest.raises(VirnucproError, match=f"{taken}: is a dir"):
+        embed_file(models[kind], path, tmp_path / "out", show_progress=False)
+    assert spy.calls == 0
+    (tmp_path / "file").write_text("")
+    with Spy(models[kind]) as spy, pytest.raises(VirnucproError, match="not a directory"):
+        embed_file(models[kind], path, tmp_path / "file" / "out", show_progress=False)
+    assert spy.calls == 0
+
+
+def test_a_read_error_after_the_first_block_leaves_no_file(models, tmp_path, monkeypatch):
+    from virnucpro import embed
+
+    path = prepared(tmp_path, 30)["esm2"]
+    path.write_text(path.read_text() + ">s3_chunk_1F1\nMKV\n")  # a duplicate, at the end
+    monkeypatch.setattr(embed, "ESM_BLOCK_FRAMES", 8)
+    with pytest.raises(VirnucproError, match="duplicate ID 's3_chunk_1F1'"):
+        embed.embed_file(models["esm2"], path, tmp_path / "out", show_progress=False)
+    assert list((tmp_path / "out").iterdir()) == []  # not even the temporary file
+
+
+NUCLEOTIDES = "".join(f">f{i}\n{'ACGTTGCAAN' * (1 + i % 3)}\n" for i in range(20))
+
+
+def test_embed_protein_refuses_nucleotides(models, tmp_path):
+    from virnucpro.embed import check_input, embed_file
+
+    path = tmp_path / "x.nucleotide.fa"
+    path.write_text(NUCLEOTIDES)
+    out = tmp_path / "out"
+    for check in (lambda: check_input("esm2", path),
+                  lambda: embed_file(models["esm2"], path, out, show_progress=False)):  # fmt: skip
+        with Spy(models["esm2"]) as spy, pytest.raises(VirnucproError) as error:
+            check()
+        assert spy.calls == 0
+        message = str(error.value)
+        assert message.startswith(f"{path}: ") and "nucleotides, not proteins" in message
+        assert "--allow-nucleotide-letters" in message and "\n" not in message
+    out = embed_file(models["esm2"], path, tmp_path / "out", show_progress=False,
+                     allow_nucleotide_letters=True)  # fmt: skip
+    assert len(read_features(out)[0]) == 20
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        ">a\nGATTACA\n>b\nTAG\n",  # a few short peptides of those letters are no evidence
+        ">a\n" + "ACGT" * 50 + "\n>b\nMKV\n",  # one real protein is enough
+        ">a\n" + "acgtn" * 30 + "\n>b\nACGTE\n",
+    ],
+)
+def test_embed_protein_takes_proteins_that_share_letters_with_dna(models, tmp_path, text):
+    from virnucpro.embed import check_input, looks_nucleotide
+
+    path = tmp_path / "x.protein.faa"
+    path.write_text(text)
+    check_input("esm2", path)
+    assert not looks_nucleotide([line for line in text.splitlines() if line[0] != ">"])
+
+
+def test_embed_dna_refuses_proteins(models, tmp_path):
+    from virnucpro.embed import check_input, embed_file
+
+    path = tmp_path / "x.protein.faa"
+    path.write_text(">p1\nMKVLAAGIVEPQRSTW\n")
+    out, loaded = tmp_path / "out", models["dnabert"]
+    for check in (lambda: check_input("dnabert", path),
+                  lambda: embed_file(loaded, path, out, show_progress=False)):  # fmt: skip
+        with pytest.raises(VirnucproError, match=f"{path}: record 'p1' has 'L', which is not a"):
+            check()
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_cli_embed_protein_refuses_nucleotides_before_loading_the_model(tmp_path, monkeypatch,
+                                                                        capsys):  # fmt: skip
+    """The check comes before the model is loaded: a model file that is not one is not read."""
+    from virnucpro import cli
+
+    path, model = tmp_path / "x.protein.faa", tmp_path / "esm2.pt"
+    path.write_text(NUCLEOTIDES)
+    model.write_bytes(b"not a model")
+    argv = ["virnucpro", "-q", "embed-protein", str(path), "--esm-model", str(model),
+            "--outdir", str(tmp_path / "out"), "--device", "cpu"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    try:
+        with pytest.raises(SystemExit) as done:
+            cli.main()
+    finally:
+        logging.getLogger().handlers.clear()
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"virnucpro: error: {path}: every sequence is only A/C/G/T/N")
+    assert not (tmp_path / "out").exists()

@@ -7,6 +7,7 @@ exactly"); the arithmetic is in the comments. None was copied from the code's ou
 from __future__ import annotations
 
 import gzip
+import re
 
 import pytest
 
@@ -454,8 +455,11 @@ def test_prepare_end_to_end(tmp_path, chunk_size):
     outdir = tmp_path / "out"
     counts = prepare(fasta, chunk_size, outdir, "P")
     assert (counts.sequences, counts.chunks, counts.frames_kept) == (3, 3, 7)
-    assert (outdir / "P.nucleotide.fa").read_text() == EXPECTED_NUCLEOTIDE
-    assert (outdir / "P.protein.faa").read_text() == EXPECTED_PROTEIN
+    # each header notes the chunk size after the ID (recorded by the embed stages)
+    noted = {text: re.sub(r"^(>\S+)$", rf"\1 chunk_size={chunk_size}", text, flags=re.M)
+             for text in (EXPECTED_NUCLEOTIDE, EXPECTED_PROTEIN)}  # fmt: skip
+    assert (outdir / "P.nucleotide.fa").read_text() == noted[EXPECTED_NUCLEOTIDE]
+    assert (outdir / "P.protein.faa").read_text() == noted[EXPECTED_PROTEIN]
     assert (outdir / "P.sequences.tsv").read_text() == EXPECTED_TABLE
     assert read_counts(outdir / "P.sequences.tsv") == counts  # what predict's workers read
     assert sorted(p.name for p in outdir.iterdir()) == [
@@ -475,7 +479,7 @@ def test_prepare_end_to_end_multi_chunk(tmp_path):
     assert (counts.sequences, counts.chunks, counts.frames_kept) == (1, 2, 6)
     nuc = (tmp_path / "P.nucleotide.fa").read_text().splitlines()
     prot = (tmp_path / "P.protein.faa").read_text().splitlines()
-    ids = [f">mix_chunk_2{s}{f}" for s in "FR" for f in (1, 2, 3)]
+    ids = [f">mix_chunk_2{s}{f} chunk_size=500" for s in "FR" for f in (1, 2, 3)]
     assert nuc[0::2] == ids
     assert prot[0::2] == ids
     assert prot[1::2] == ["R" * 83, "A" * 83, "P" * 83, "R" * 83, "G" * 83, "A" * 83]

@@ -7,6 +7,7 @@ P.scores.json (what produced them: models, checksums, devices, counts, timings).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -16,12 +17,62 @@ import torch
 from virnucpro import __version__
 from virnucpro.errors import VirnucproError
 from virnucpro.fasta import atomic_writer
-from virnucpro.features import read_features
+from virnucpro.features import CHUNK_SIZE, KIND, PRECISION, read_features, read_metadata
 from virnucpro.models.classifier import MLPClassifier
 from virnucpro.models.files import sha256
 
+log = logging.getLogger(__name__)
+
 SCORES_HEADER = "frame_id\tprediction\tscore1\tscore2\n"
 CLASSIFY_BATCH = 4096
+MODEL_LABEL = {"dnabert": "DNABERT-S", "esm2": "ESM-2"}
+
+
+def check_provenance(
+    dna_path: Path, esm_path: Path, chunk_size: int, classifier_path: Path
+) -> str | None:
+    """Refuse feature files that do not belong together, from what each records (embed's
+    metadata): swapped, made by the wrong model, at different precisions or chunk sizes, or
+    at a chunk size other than classify's (the classifier's). Returns what could not be
+    checked, as a warning for later: what a file does not record (virnucpro 0.1.0 files, or
+    frames prepared without prepare's header note); nothing for files without rows."""
+    dna, esm = read_metadata(dna_path), read_metadata(esm_path)
+    dna_kind, esm_kind = dna.get(KIND), esm.get(KIND)
+    if (dna_kind, esm_kind) == ("esm2", "dnabert"):
+        raise VirnucproError(
+            f"{dna_path} and {esm_path} are swapped: the first holds ESM-2 features, the "
+            "second DNABERT-S features; give the DNABERT-S file first"
+        )
+    for path, kind, expected, position in ((dna_path, dna_kind, "dnabert", "first"),
+                                           (esm_path, esm_kind, "esm2", "second")):  # fmt: skip
+        if kind is not None and kind != expected:
+            raise VirnucproError(
+                f"{path}: {MODEL_LABEL.get(kind, repr(kind))} features, but the {position} "
+                f"feature file must hold {MODEL_LABEL[expected]} features"
+            )
+    if PRECISION in dna and PRECISION in esm and dna[PRECISION] != esm[PRECISION]:
+        raise VirnucproError(
+            f"{esm_path}: made at precision {esm[PRECISION]}, {dna_path} at {dna[PRECISION]}"
+        )
+    sizes = {path: meta.get(CHUNK_SIZE, "") for path, meta in ((dna_path, dna), (esm_path, esm))}
+    known = {path: int(size) for path, size in sizes.items() if size.isdigit()}
+    if len(set(known.values())) > 1:
+        raise VirnucproError(
+            f"{esm_path}: made at chunk size {known[esm_path]}, {dna_path} at {known[dna_path]}"
+        )
+    for path, size in known.items():
+        if size != chunk_size:
+            raise VirnucproError(
+                f"{path}: made at chunk size {size}, but classify has --chunk-size "
+                f"{chunk_size} (classifier {classifier_path.name})"
+            )
+    missing = []
+    for path, meta in ((dna_path, dna), (esm_path, esm)):
+        what = [name for name, recorded in (("model", KIND in meta), ("chunk size", path in known))
+                if not recorded]  # fmt: skip
+        if what and meta.get("rows") != "0":
+            missing.append(f"{path} ({', '.join(what)})")
+    return f"not recorded, so not checked: {'; '.join(missing)}" if missing else None
 
 
 def join_features(dna_path: Path, esm_path: Path) -> tuple[list[str], torch.Tensor, dict, dict]:
@@ -74,12 +125,15 @@ def classify(
     """Stage entry: frame scores of one shard."""
     started = time.perf_counter()
     dna_path, esm_path = Path(dna_path), Path(esm_path)
+    unchecked = check_provenance(dna_path, esm_path, chunk_size, Path(classifier_path))
     ids, features, dna_meta, esm_meta = join_features(dna_path, esm_path)
     if features.shape[1] != model.input_dim:
         raise VirnucproError(
             f"{classifier_path}: classifier expects {model.input_dim} features, the feature "
             f"files give {features.shape[1]} (DNABERT-S + ESM-2: wrong models for it?)"
         )
+    if unchecked:
+        log.warning("%s", unchecked)
     probabilities = score(model, features).numpy()
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)

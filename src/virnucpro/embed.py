@@ -13,6 +13,8 @@ import gc
 import itertools
 import json
 import logging
+import os
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -24,8 +26,18 @@ import torch
 
 from virnucpro.device import DTYPES, setup
 from virnucpro.errors import VirnucproError
-from virnucpro.fasta import Record, fasta_stem, read_fasta
-from virnucpro.features import FEATURE_DTYPES, write_features
+from virnucpro.fasta import _open_text, fasta_stem, read_fasta
+from virnucpro.features import (
+    CHUNK_SIZE,
+    FEATURE_DTYPE,
+    FEATURE_DTYPES,
+    KIND,
+    MODEL_SHA256,
+    PRECISION,
+    UNKNOWN,
+    FeatureWriter,
+    write_features,
+)
 from virnucpro.models.dnabert import DnaBert, DnaTokenizer, dnabert_mean_embeddings, load_dnabert
 from virnucpro.models.esm2 import ESM2, esm2_mean_embeddings, load_esm2, tokenize_protein
 from virnucpro.models.files import sha256
@@ -46,6 +58,17 @@ MAX_GPU_BATCH_ACTIVATIONS = 65536 * 2560
 # model takes on it) and lets longer runs of one length fill batches of their own.
 FIRST_CHUNK_FRAMES = 1024
 LARGEST_CHUNK_FRAMES = 32768
+# embed-protein reads, batches and writes its input in blocks of this many frames, so that its
+# memory is bounded by a block, not by the file (ESM-2 3B features of a block: 335 MB as
+# float16). Batches of one length need many frames to fill: a block holds as many as
+# possible, and a Nextflow shard of the default size (20 Mbp, ~32,000 frames) fits in one.
+ESM_BLOCK_FRAMES = 65536
+# embed-protein refuses input whose every sequence is only these letters (a nucleotide file
+# given by mistake), if it holds at least MIN_NUCLEOTIDE_LETTERS of them: a few short
+# peptides such as 'GA' or 'TAG' are no evidence.
+_NOT_NUCLEOTIDE = re.compile(r"[^ACGTUNacgtun]")
+MIN_NUCLEOTIDE_LETTERS = 100
+_CHUNK_SIZE_FIELD = re.compile(r"(?:^|\s)chunk_size=([0-9]+)(?:\s|$)")
 
 
 def plan_batches(
@@ -263,6 +286,64 @@ def output_path(kind: str, input_path: Path, outdir: Path) -> Path:
     return Path(outdir) / f"{prefix}{OUTPUT_SUFFIX[kind]}"
 
 
+def prepared_chunk_size(path: Path) -> int | None:
+    """The chunk size prepare wrote into the prepared file's headers (`>ID chunk_size=500`,
+    read from the first), or None: a file written otherwise, or empty (no frame kept)."""
+    with _open_text(Path(path)) as handle:
+        first = handle.readline()
+    found = _CHUNK_SIZE_FIELD.search(first[1:]) if first.startswith(">") else None
+    return int(found.group(1)) if found else None
+
+
+def check_output(kind: str, input_path: Path, outdir: Path) -> Path:
+    """The feature file's path, after the checks that can be made before any embedding:
+    the output directory is a directory (or can be made) and writable, and the output path
+    is not a directory. Creates nothing (a failed check leaves no empty directory)."""
+    outdir = Path(outdir)
+    out = output_path(kind, input_path, outdir)
+    existing = outdir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise VirnucproError(f"{existing}: not a directory (output directory {outdir})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise VirnucproError(f"{existing}: cannot write there (output directory {outdir})")
+    if out.is_dir():
+        raise VirnucproError(f"{out}: is a directory, not a feature file")
+    return out
+
+
+def looks_nucleotide(sequences: Sequence[str]) -> bool:
+    """Every sequence only A/C/G/T/U/N (either case), and at least MIN_NUCLEOTIDE_LETTERS
+    letters in all: a nucleotide file where proteins are expected."""
+    letters = 0
+    for sequence in sequences:
+        if _NOT_NUCLEOTIDE.search(sequence):
+            return False
+        letters += len(sequence)
+    return letters >= MIN_NUCLEOTIDE_LETTERS
+
+
+def _refuse_nucleotide(path: Path, sequences: Sequence[str]) -> None:
+    if looks_nucleotide(sequences):
+        raise VirnucproError(
+            f"{path}: every sequence is only A/C/G/T/N: nucleotides, not proteins (give "
+            "embed-protein the .protein.faa from prepare; --allow-nucleotide-letters embeds "
+            "such a file as protein)"
+        )
+
+
+def check_input(kind: str, input_path: Path, allow_nucleotide_letters: bool = False) -> None:
+    """Read the input's first block of frames as embedding will (no model needed): a missing,
+    empty or malformed file, or a nucleotide file given to embed-protein, is an error before
+    a model is loaded. embed_file makes the same checks on the same block."""
+    size = FIRST_CHUNK_FRAMES if kind == "dnabert" else ESM_BLOCK_FRAMES
+    records = read_fasta(Path(input_path), nucleotide=kind == "dnabert", allow_empty=True)
+    block = [r.sequence for r in itertools.islice(records, size)]
+    if kind == "esm2" and not allow_nucleotide_letters:
+        _refuse_nucleotide(Path(input_path), block)
+
+
 @dataclass
 class Frames:
     """Frames of a prepared file, read and tokenized: what the GPU needs."""
@@ -271,6 +352,7 @@ class Frames:
     ids: list[str]
     tokens: list[list[int]]
     read_seconds: float
+    chunk_size: int | None = None  # from the prepared file's headers, if written there
 
 
 def read_frames(loaded: LoadedModel, input_path: Path) -> Frames:
@@ -280,7 +362,7 @@ def read_frames(loaded: LoadedModel, input_path: Path) -> Frames:
     records = list(read_fasta(Path(input_path), nucleotide=nucleotide, allow_empty=True))
     tokens = loaded.tokenize([r.sequence for r in records])
     return Frames(Path(input_path), [r.id for r in records], tokens,
-                  time.perf_counter() - started)  # fmt: skip
+                  time.perf_counter() - started, prepared_chunk_size(input_path))  # fmt: skip
 
 
 def embed_frames(
@@ -296,6 +378,43 @@ def embed_frames(
         return loaded.queue(frames.tokens, batch_tokens, progress).gather(dtype)
 
 
+def provenance(loaded: LoadedModel, chunk_size: int | None, feature_dtype: str) -> dict[str, str]:
+    """What made a feature file, in its metadata: classify compares the two files' records."""
+    return {
+        KIND: loaded.kind,
+        MODEL_SHA256: loaded.model_sha256,
+        PRECISION: loaded.precision,
+        FEATURE_DTYPE: feature_dtype,
+        CHUNK_SIZE: str(chunk_size) if chunk_size else UNKNOWN,
+    }
+
+
+def _info(loaded: LoadedModel, batch_tokens: int, frames: int, tokens: int,
+          read_seconds: float, embed_seconds: float) -> dict:  # fmt: skip
+    return {
+        "stage": f"embed-{'dna' if loaded.kind == 'dnabert' else 'protein'}",
+        "model": str(loaded.path),
+        "model_sha256": loaded.model_sha256,
+        "device": str(loaded.device),
+        "precision": loaded.precision,
+        "compiled": loaded.model.compiled,
+        "batch_tokens": batch_tokens,
+        "frames": frames,
+        "tokens": tokens,
+        "load_seconds": round(loaded.load_seconds, 3),
+        "read_seconds": round(read_seconds, 3),
+        "embed_seconds": round(embed_seconds, 3),
+        "seconds": round(read_seconds + embed_seconds, 3),  # writing excluded
+    }
+
+
+def _log_written(loaded: LoadedModel, frames: int, tokens: int, seconds: float, out: Path) -> None:
+    log.info(
+        "%s: %d frames, %d tokens in %.1f s (%.0f tokens/s) -> %s",
+        loaded.label, frames, tokens, seconds, tokens / max(seconds, 1e-9), out,
+    )  # fmt: skip
+
+
 def write_frames(
     loaded: LoadedModel,
     frames: Frames,
@@ -308,80 +427,99 @@ def write_frames(
     """Write the features with their IDs and a record of the run; returns the file."""
     started = time.perf_counter()
     tokens = sum(len(t) for t in frames.tokens)
-    info = {
-        "stage": f"embed-{'dna' if loaded.kind == 'dnabert' else 'protein'}",
-        "model": str(loaded.path),
-        "model_sha256": loaded.model_sha256,
-        "device": str(loaded.device),
-        "precision": loaded.precision,
-        "compiled": loaded.model.compiled,
-        "batch_tokens": batch_tokens,
-        "frames": len(frames.ids),
-        "tokens": tokens,
-        "load_seconds": round(loaded.load_seconds, 3),
-        "read_seconds": round(frames.read_seconds, 3),
-        "embed_seconds": round(embed_seconds, 3),
-        "seconds": round(frames.read_seconds + embed_seconds, 3),  # writing excluded
-    }
+    info = _info(loaded, batch_tokens, len(frames.ids), tokens, frames.read_seconds,
+                 embed_seconds)  # fmt: skip
     out = output_path(loaded.kind, frames.path, outdir)
     Path(outdir).mkdir(parents=True, exist_ok=True)
-    write_features(out, frames.ids, features, {"info": json.dumps(info)}, dtype=feature_dtype)
+    metadata = {**provenance(loaded, frames.chunk_size, feature_dtype), "info": json.dumps(info)}
+    write_features(out, frames.ids, features, metadata, dtype=feature_dtype)
     seconds = frames.read_seconds + embed_seconds + time.perf_counter() - started
-    log.info(
-        "%s: %d frames, %d tokens in %.1f s (%.0f tokens/s) -> %s",
-        loaded.label, len(frames.ids), tokens, seconds, tokens / max(seconds, 1e-9), out,
-    )  # fmt: skip
+    _log_written(loaded, len(frames.ids), tokens, seconds, out)
     return out
 
 
-def embed_while_reading(
+@dataclass
+class Streamed:
+    """What embed_stream did: frames, tokens, and where the time went."""
+
+    frames: int = 0
+    tokens: int = 0
+    read_seconds: float = 0.0  # the wait for the first block of frames
+    embed_seconds: float = 0.0  # the rest, writing excluded
+    write_seconds: float = 0.0
+
+
+def embed_stream(
     loaded: LoadedModel,
     input_path: Path,
     batch_tokens: int,
+    write: Callable[[list[str], torch.Tensor], None],
     show_progress: bool = True,
     dtype: torch.dtype = torch.float32,
-) -> tuple[Frames, torch.Tensor, float]:
-    """read_frames + embed_frames for DNABERT-S, overlapped: a second thread reads the next
-    chunk of frames and tokenizes it (in Rust, without the interpreter lock) while this one
-    queues the last chunk's batches and the GPU runs them (chunk sizes: FIRST_CHUNK_FRAMES,
-    doubling up to LARGEST_CHUNK_FRAMES).
+    allow_nucleotide_letters: bool = False,
+) -> Streamed:
+    """Embed a prepared file block by block, handing each block's IDs and features (as
+    ``dtype``, in file order) to ``write`` as it is done: memory holds a few blocks, never
+    the file. A second thread reads and tokenizes the next block (DNABERT-S's tokenizer runs
+    in Rust, without the interpreter lock) while this one queues the last block's batches;
+    the block before is gathered and written while the device runs those.
 
-    Returns the frames (read_seconds: the wait for the first chunk, the part of reading and
-    tokenizing not hidden behind the model), their features in file order, and the seconds
-    of the rest."""
+    Blocks: for DNABERT-S, FIRST_CHUNK_FRAMES doubling up to LARGEST_CHUNK_FRAMES, so the GPU
+    starts early; for ESM-2, ESM_BLOCK_FRAMES (batches of one length need many frames). A
+    file within one block gets exactly the batches of a whole-file pass. For ESM-2 the first
+    block is checked not to be nucleotides (unless ``allow_nucleotide_letters``)."""
     started = time.perf_counter()
-    records = read_fasta(Path(input_path), nucleotide=True, allow_empty=True)
+    path = Path(input_path)
+    dnabert = loaded.kind == "dnabert"
+    records = read_fasta(path, nucleotide=dnabert, allow_empty=True)
+    check = not dnabert and not allow_nucleotide_letters
 
-    def next_chunk(size: int) -> tuple[list[Record], list[list[int]]]:
-        chunk = list(itertools.islice(records, size))
-        return chunk, loaded.tokenize([r.sequence for r in chunk])
+    def next_block(size: int, first: bool) -> tuple[list[str], list[list[int]]]:
+        block = list(itertools.islice(records, size))
+        sequences = [r.sequence for r in block]
+        if first and check:
+            _refuse_nucleotide(path, sequences)
+        return [r.id for r in block], loaded.tokenize(sequences)
 
-    ids: list[str] = []
-    tokens: list[list[int]] = []
-    queued = Queued([], [], 0, loaded.dim)
-    read_seconds: float | None = None  # set when the first chunk arrives
-    name = f"{loaded.label} {Path(input_path).name}"
+    done = Streamed()
+    read_seconds: float | None = None
+
+    def flush(ids: list[str], queued: Queued) -> None:
+        # pinned: the copy is on the critical path, and DNABERT-S features are small
+        features = queued.gather(dtype, pinned=dnabert)
+        began = time.perf_counter()
+        write(ids, features)
+        done.write_seconds += time.perf_counter() - began
+
+    name = f"{loaded.label} {path.name}"
     with (
         StageProgress(name, None, "frames", show_progress) as progress,
         ThreadPoolExecutor(1) as reader,
     ):
-        size = FIRST_CHUNK_FRAMES
-        pending = reader.submit(next_chunk, size)
+        size = FIRST_CHUNK_FRAMES if dnabert else ESM_BLOCK_FRAMES
+        pending = reader.submit(next_block, size, True)
+        in_flight: tuple[list[str], Queued] | None = None
         while True:
-            chunk, chunk_tokens = pending.result()
+            ids, tokens = pending.result()
             if read_seconds is None:
                 read_seconds = time.perf_counter() - started
-            if not chunk:
+            if not ids:
                 break
-            size = min(2 * size, LARGEST_CHUNK_FRAMES)
-            pending = reader.submit(next_chunk, size)
-            ids.extend(r.id for r in chunk)
-            tokens.extend(chunk_tokens)
-            queued.extend(loaded.queue(chunk_tokens, batch_tokens, progress))
-        # pinned: the copy is on this stage's critical path, and DNABERT-S features are small
-        features = queued.gather(dtype, pinned=True)
-    frames = Frames(Path(input_path), ids, tokens, read_seconds)
-    return frames, features, time.perf_counter() - started - read_seconds
+            if dnabert:
+                size = min(2 * size, LARGEST_CHUNK_FRAMES)
+            pending = reader.submit(next_block, size, False)
+            queued = loaded.queue(tokens, batch_tokens, progress)
+            done.frames += len(ids)
+            done.tokens += sum(len(t) for t in tokens)
+            del tokens
+            if in_flight is not None:
+                flush(*in_flight)
+            in_flight = (ids, queued)
+        if in_flight is not None:
+            flush(*in_flight)
+    done.read_seconds = read_seconds
+    done.embed_seconds = time.perf_counter() - started - read_seconds - done.write_seconds
+    return done
 
 
 @contextlib.contextmanager
@@ -406,15 +544,20 @@ def embed_file(
     batch_tokens: int | None = None,
     feature_dtype: str = "float16",
     show_progress: bool = True,
+    allow_nucleotide_letters: bool = False,
 ) -> Path:
-    """Stage entry: features of every frame of a prepared file, written with their IDs.
-    An empty prepared file (no frame kept in the shard) gives a file with zero rows."""
+    """Stage entry: features of every frame of a prepared file, written with their IDs, block
+    by block (memory is bounded by a block, not by the file). An empty prepared file (no
+    frame kept in the shard) gives a file with zero rows. The output is checked writable
+    (its temporary file created) before any frame is embedded.
+
+    ESM-2 refuses a file whose sequences are all nucleotide letters (see looks_nucleotide)
+    unless ``allow_nucleotide_letters``."""
     # The frames are freed when _embed_and_write returns, before the collector resumes: a
-    # collection would otherwise walk every record and token list of the file once more.
+    # collection would otherwise walk every record and token list of a block once more.
     with collector_paused():
-        return _embed_and_write(
-            loaded, input_path, outdir, batch_tokens, feature_dtype, show_progress
-        )
+        return _embed_and_write(loaded, input_path, outdir, batch_tokens, feature_dtype,
+                                show_progress, allow_nucleotide_letters)  # fmt: skip
 
 
 def _embed_and_write(
@@ -424,16 +567,23 @@ def _embed_and_write(
     batch_tokens: int | None,
     feature_dtype: str,
     show_progress: bool,
+    allow_nucleotide_letters: bool,
 ) -> Path:
+    out = check_output(loaded.kind, input_path, outdir)
+    chunk_size = prepared_chunk_size(input_path)  # also: the input can be read
+    try:
+        Path(outdir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VirnucproError(f"{outdir}: cannot make the output directory ({e.strerror})") from None
     budget = batch_tokens or default_batch_tokens(loaded.device, loaded.dim)
-    dtype = FEATURE_DTYPES[feature_dtype]
-    if loaded.kind == "dnabert":
-        frames, features, seconds = embed_while_reading(
-            loaded, input_path, budget, show_progress, dtype
-        )
-    else:  # ESM-2 batches sequences of one length together: it needs the whole file first
-        frames = read_frames(loaded, input_path)
-        started = time.perf_counter()
-        features = embed_frames(loaded, frames, budget, show_progress, dtype)
-        seconds = time.perf_counter() - started
-    return write_frames(loaded, frames, features, budget, seconds, outdir, feature_dtype)
+    metadata = provenance(loaded, chunk_size, feature_dtype)
+    with FeatureWriter(out, loaded.dim, feature_dtype, metadata) as writer:
+        done = embed_stream(loaded, input_path, budget, writer.append, show_progress,
+                            FEATURE_DTYPES[feature_dtype], allow_nucleotide_letters)  # fmt: skip
+        info = _info(loaded, budget, done.frames, done.tokens, done.read_seconds,
+                     done.embed_seconds)  # fmt: skip
+        began = time.perf_counter()
+        writer.finish({"info": json.dumps(info)})
+    seconds = done.read_seconds + done.embed_seconds + done.write_seconds
+    _log_written(loaded, done.frames, done.tokens, seconds + time.perf_counter() - began, out)
+    return out

@@ -136,9 +136,12 @@ def prepare_outputs(outdir: Path, prefix: str) -> tuple[Path, Path, Path]:
 
 
 def write_prepared(
-    prepared: Iterable[PreparedSequence], outdir: Path, prefix: str
+    prepared: Iterable[PreparedSequence], outdir: Path, prefix: str, chunk_size: int | None = None
 ) -> PrepareCounts:
-    """Write the kept frames (one line per sequence) and the per-sequence table."""
+    """Write the kept frames (one line per sequence) and the per-sequence table. With
+    ``chunk_size``, each frame's header says it after the ID (`>ID chunk_size=500`): the
+    embed stages record it in the feature files, and classify checks it."""
+    note = f" chunk_size={chunk_size}" if chunk_size else ""
     outdir.mkdir(parents=True, exist_ok=True)
     nuc_path, prot_path, table_path = prepare_outputs(outdir, prefix)
     counts = PrepareCounts()
@@ -157,8 +160,8 @@ def write_prepared(
                 f"{len(seq.frames)}\n"
             )
             for frame in seq.frames:
-                nuc.write(f">{frame.id}\n{frame.nucleotide}\n")
-                prot.write(f">{frame.id}\n{frame.protein}\n")
+                nuc.write(f">{frame.id}{note}\n{frame.nucleotide}\n")
+                prot.write(f">{frame.id}{note}\n{frame.protein}\n")
     return counts
 
 
@@ -168,4 +171,5 @@ def prepare(
     """Stage entry: FASTA in, kept frames and the per-sequence table out."""
     prefix = prefix or fasta_stem(input_path)
     records = read_fasta(Path(input_path))
-    return write_prepared(prepare_records(records, chunk_size), Path(outdir), prefix)
+    prepared = prepare_records(records, chunk_size)
+    return write_prepared(prepared, Path(outdir), prefix, chunk_size)
