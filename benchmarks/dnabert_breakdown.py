@@ -41,7 +41,7 @@ def product_timeline(model, nucleotide: Path, outdir: Path) -> dict:
     batches: list[tuple] = []
     tokenized: list[tuple] = []
     written: list[float] = []
-    run, tokenize, write = model.run, model.tokenize, embed.write_features
+    run, tokenize, writer_class = model.run, model.tokenize, embed.FeatureWriter
 
     def timed_run(tokens: list[list[int]]) -> torch.Tensor:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -58,13 +58,20 @@ def product_timeline(model, nucleotide: Path, outdir: Path) -> dict:
         tokenized.append((began, time.perf_counter(), len(sequences)))
         return ids
 
-    def timed_write(*args, **kwargs) -> None:
-        written.append(time.perf_counter())
-        write(*args, **kwargs)
-        written.append(time.perf_counter())
+    class TimedWriter(writer_class):  # rows are written as blocks finish, then the IDs
+        def append(self, *args, **kwargs) -> None:
+            written.append(time.perf_counter())
+            super().append(*args, **kwargs)
+            written.append(time.perf_counter())
+
+        def finish(self, *args, **kwargs) -> Path:
+            written.append(time.perf_counter())
+            path = super().finish(*args, **kwargs)
+            written.append(time.perf_counter())
+            return path
 
     model.run, model.tokenize = timed_run, timed_tokenize  # instance attributes shadow methods
-    embed.write_features = timed_write
+    embed.FeatureWriter = TimedWriter
     try:
         bench.sync()
         origin = torch.cuda.Event(enable_timing=True)
@@ -76,7 +83,7 @@ def product_timeline(model, nucleotide: Path, outdir: Path) -> dict:
         total = time.perf_counter() - t0
     finally:
         del model.run, model.tokenize
-        embed.write_features = write
+        embed.FeatureWriter = writer_class
 
     def ms(host: float) -> float:
         return round(1000 * (host - t0), 2)
@@ -97,9 +104,12 @@ def product_timeline(model, nucleotide: Path, outdir: Path) -> dict:
         "idle_before_first_ms": rows[0]["gpu_start"] if rows else None,
         "idle_between_ms": round(sum(g["idle_ms"] for g in gaps), 1),
         "host_launching_ms": round(sum(r["host_launched"] - r["host_launch"] for r in rows), 1),
-        # after the GPU's last batch: features gathered to the host, then the file written
-        "gather_ms": round(ms(written[0]) - rows[-1]["gpu_end"], 1) if rows else None,
-        "write_ms": round(1000 * (written[1] - written[0]), 1),
+        # after the GPU's last batch: features gathered to the host, then written (a file's
+        # rows are written block by block, the IDs and header at the end)
+        "gather_ms": round(ms(written[-4]) - rows[-1]["gpu_end"], 1) if rows else None,
+        "write_ms": round(
+            1000 * sum(b - a for a, b in zip(written[::2], written[1::2], strict=True)), 1
+        ),
         "largest_gaps": sorted(gaps, key=lambda g: -g["idle_ms"])[:5],
         "tokenized": [{"frames": n, "from": ms(a), "to": ms(b)} for a, b, n in tokenized],
         "batches": rows,
