@@ -11,6 +11,7 @@ shards it had on its device get one more try; a retried shard runs alone.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import logging
@@ -151,6 +152,25 @@ class _Shard:
     @property
     def prefix(self) -> str:
         return self.path.name.removesuffix(".fa")
+
+
+def _return_free_memory() -> None:
+    """Give the C heap's free pages back to the system. Without it a worker's memory crept
+    up from shard to shard (glibc keeps the fragments of each shard's differently sized
+    buffers, one heap per thread); with it, it stays level (benchmarks/README.md)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def _rss_mib() -> int:
+    """This process's resident memory now (not its peak), in MiB; 0 where /proc is missing."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+    except OSError:
+        return 0
 
 
 def _thread_lock_for_progress_bars() -> None:
@@ -311,6 +331,7 @@ def _work(
                  "sequences": shard.counts.sequences,
                  "frames": shard.counts.frames_kept,
                  **{key: round(value, 3) for key, value in shard.seconds.items()}}  # fmt: skip
+        stats["worker_rss_mib"] = _rss_mib()  # memory must not grow from shard to shard
         if cuda:
             stats["peak_gpu_gib"] = round(shard.peak_gpu / 2**30, 2)
             if shard.peak_gpu > 0.9 * total_memory:
@@ -319,6 +340,7 @@ def _work(
                              total_memory / 2**30)  # fmt: skip
         results.put(("done", name, shard.prefix, stats))
         gc.collect()  # the worker loop runs with the collector paused: once per shard here
+        _return_free_memory()
 
     def launch(shard: _Shard) -> dict | None:
         """Queue both models' batches of a shard (DNABERT-S, then ESM-2) without waiting for
