@@ -261,3 +261,20 @@ def test_atomic_writer_binary_mode(tmp_path):
     with atomic_writer(path, "wb") as handle:
         handle.write(b"\x00\x01")
     assert path.read_bytes() == b"\x00\x01"
+
+
+def test_count_records_for_progress_totals(tmp_path):
+    from virnucpro.fasta import count_records
+
+    cases = {"three.fa": ">a\nAC\n>b\nGG\n\n>c\nT", "empty.fa": "", "header_only.fa": ">x\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    assert [count_records(tmp_path / name) for name in cases] == [3, 0, 1]
+    # a record starting exactly at the 16 MiB read boundary is counted once
+    body = b">r0\n" + b"A" * ((1 << 24) - 5) + b"\n"
+    assert len(body) == 1 << 24
+    (tmp_path / "boundary.fa").write_bytes(body + b">r1\nAC\n>r2\nA\n")
+    assert count_records(tmp_path / "boundary.fa") == 3
+    with gzip.open(tmp_path / "packed.fa.gz", "wt") as handle:
+        handle.write(">a\nA\n")
+    assert count_records(tmp_path / "packed.fa.gz") is None  # unknown: no total shown

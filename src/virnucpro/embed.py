@@ -26,7 +26,7 @@ import torch
 
 from virnucpro.device import DTYPES, setup
 from virnucpro.errors import VirnucproError
-from virnucpro.fasta import _open_text, fasta_stem, read_fasta
+from virnucpro.fasta import _open_text, count_records, fasta_stem, read_fasta
 from virnucpro.features import (
     CHUNK_SIZE,
     FEATURE_DTYPE,
@@ -493,7 +493,9 @@ def embed_stream(
 
     name = f"{loaded.label} {path.name}"
     with (
-        StageProgress(name, None, "frames", show_progress) as progress,
+        StageProgress(
+            name, count_records(path) if show_progress else None, "frames", show_progress
+        ) as progress,  # fmt: skip
         ThreadPoolExecutor(1) as reader,
     ):
         size = FIRST_CHUNK_FRAMES if dnabert else ESM_BLOCK_FRAMES

@@ -101,6 +101,23 @@ def read_fasta(path: Path, nucleotide: bool = True, allow_empty: bool = False) -
     yield finish()
 
 
+def count_records(path: Path) -> int | None:
+    """How many records a plain FASTA file holds (lines starting with '>'), by a fast byte
+    scan, for progress totals; None for a gzipped or unreadable file."""
+    count, previous = 0, b"\n"
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(2) == b"\x1f\x8b":
+                return None
+            handle.seek(0)
+            while block := handle.read(1 << 24):
+                count += block.count(b"\n>") + (previous == b"\n" and block[:1] == b">")
+                previous = block[-1:]
+    except OSError:
+        return None
+    return count
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path, mode: str = "w"):
     """Write to a temporary name beside ``path``; rename only if the block succeeds.
