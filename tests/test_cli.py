@@ -1087,3 +1087,21 @@ def test_predict_ends_by_saying_what_it_found(example_run):
                 f"{calls['unscored']} unscored, {calls['unfinished']} unfinished; outputs in "
                 f"{example_run.out}")  # fmt: skip
     assert expected in example_run.result.stderr.splitlines()[-2]
+
+
+def test_resume_continues_only_the_same_input(cli, demo, kept_run, tmp_path):
+    other = tmp_path / "other.fa"
+    other.write_text(EXAMPLE.read_text())
+    before = contents(kept_run)
+    result = cli("predict", other, "--models", demo, "--outdir", kept_run, "--resume")
+    assert_user_error(result, f"{kept_run / WORK}: holds a run of {EXAMPLE}; --resume continues "
+                      f"only that input (not {other})")  # fmt: skip
+    assert contents(kept_run) == before
+
+
+def test_resume_without_intermediates_does_not_replace_results(cli, demo, kept_run):
+    shutil.rmtree(kept_run / WORK)
+    before = contents(kept_run)
+    result = cli("predict", EXAMPLE, "--models", demo, "--outdir", kept_run, "--resume")
+    assert_user_error(result, "already holds results", "nothing to resume there")
+    assert contents(kept_run) == before

@@ -195,6 +195,33 @@ def test_every_shard_failed_writes_no_results(demo, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["failed_files.txt", WORK]
 
 
+def test_failed_shards_are_reported_in_the_log_file_too(demo, tmp_path):
+    out, log = tmp_path / "out", tmp_path / "run.log"
+    command = [
+        str(VIRNUCPRO),
+        "-q",
+        "--log-file",
+        str(log),
+        "predict",
+        str(EXAMPLE),
+        "--models",
+        str(demo),
+        "--outdir",
+        str(out),
+        "--shard-size",
+        "1000000000",
+        "--workers",
+        "1",
+    ]
+    env = {**os.environ, "VIRNUCPRO_TEST_FAIL": "shard_00001:prepare"}  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 3, result.stderr
+    message = (f"1 of 1 shard(s) failed; see {out / 'failed_files.txt'}; rerun the same command "
+               "with --resume")  # fmt: skip
+    assert result.stderr.splitlines()[-1] == f"virnucpro: error: {message}"
+    assert log.read_text().splitlines()[-1].endswith(f"virnucpro ERROR: {message}")
+
+
 def test_models_that_do_not_fit_stop_the_run_cleanly(demo, tmp_path):
     """The workers find it while their first shard is being prepared beside the load: one
     line, exit 2, and no work directory or outputs left behind."""

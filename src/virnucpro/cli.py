@@ -326,10 +326,9 @@ def predict(
     if result.failed:
         if not result.outputs:
             log.error("every shard failed: no summary written")
-        print(
-            f"virnucpro: error: {result.failed} of {result.shards} shard(s) failed; see "
-            f"{outdir / 'failed_files.txt'}",
-            file=sys.stderr,
+        _report_error(
+            f"{result.failed} of {result.shards} shard(s) failed; see "
+            f"{outdir / 'failed_files.txt'}; rerun the same command with --resume"
         )
         raise typer.Exit(3)
 
@@ -338,7 +337,14 @@ def predict(
 def split(
     input: Annotated[Path, typer.Argument(help="Nucleotide FASTA (plain or .gz).")],
     shard_size: Annotated[
-        int, typer.Option("--shard-size", min=1, help="Bases per shard (records are never cut).")
+        int,
+        typer.Option(
+            "--shard-size",
+            min=1,
+            metavar="BP",
+            rich_help_panel=TUNING,
+            help="Bases per shard (records are never cut).",
+        ),  # fmt: skip
     ] = 20_000_000,
     outdir: Outdir = Path("shards"),
     threads: ThreadsUnused = None,
@@ -404,7 +410,10 @@ def embed_dna(
     dnabert_model: DnabertModel = None,
     device: Device = "auto",
     precision: PrecisionOpt = Precision.auto,
-    dna_batch_size: Annotated[int | None, typer.Option(min=1, help="Tokens per batch.")] = None,
+    dna_batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, metavar="TOKENS", rich_help_panel=TUNING, help="Tokens per batch."),
+    ] = None,
     feature_dtype: FeatureDtypeOpt = FeatureDtype.float16,
     compile: CompileOpt = False,
     threads: Threads = None,
@@ -427,7 +436,12 @@ def embed_protein(
     precision: PrecisionOpt = Precision.auto,
     esm_batch_size: Annotated[
         int | None,
-        typer.Option(min=1, help="Tokens per batch. Default: sized from free GPU memory."),
+        typer.Option(
+            min=1,
+            metavar="TOKENS",
+            rich_help_panel=TUNING,
+            help="Tokens per batch. Default: sized from free GPU memory.",
+        ),  # fmt: skip
     ] = None,
     feature_dtype: FeatureDtypeOpt = FeatureDtype.float16,
     compile: CompileOpt = False,
@@ -584,8 +598,9 @@ def convert_classifier(
 def versions(
     indent: Annotated[int, typer.Option(min=0, help="Spaces before each line.")] = 4,
 ) -> None:
-    """Versions of what a pipeline task ran (virnucpro, Python, torch, CUDA, NVIDIA driver) as
-    YAML lines for versions.yml."""
+    """Versions of what a pipeline task ran, as YAML lines for versions.yml.
+
+    virnucpro, Python, torch, CUDA and the NVIDIA driver."""
     from virnucpro.versions import versions_yaml
 
     typer.echo(versions_yaml(indent), nl=False)

@@ -104,9 +104,9 @@ def predict(
     work = outdir / WORK_DIRNAME
     started = time.perf_counter()
     devices = plan_devices(device, gpus, workers)
-    check_outdir(outdir, resume)
+    check_outdir(outdir, resume, input_path)
     created = _first_missing(outdir)  # removed again if the input is rejected
-    earlier = _read_owner(work)  # the parameters of the run that left work/, if any
+    earlier = _read_owner(work)  # the run that left its intermediates there, if any
     threads = threads or max(1, (os.cpu_count() or 1) // len(devices))
     on_cpu = devices[0] == "cpu"
     # What a finished shard must have been made with to be reused by --resume: anything
@@ -209,24 +209,30 @@ def predict(
     return PredictResult(paths, len(failed), len(shards))
 
 
-def check_outdir(outdir: Path, resume: bool) -> None:
+def check_outdir(outdir: Path, resume: bool, input_path: Path) -> None:
     """Refuse an OUTDIR whose files this run would replace or delete: results of an earlier
-    run (unless --resume finishes that run), a work directory that is not predict's own."""
+    run (unless --resume finishes that run: same input, its work directory still there), a
+    work directory that is not predict's own."""
     if outdir.exists() and not outdir.is_dir():
         raise VirnucproError(f"--outdir {outdir}: exists and is not a directory")
     work = outdir / WORK_DIRNAME
-    if work.exists() and _read_owner(work) is None:
+    earlier = _read_owner(work)
+    if work.exists() and earlier is None:
         raise VirnucproError(f"{work}: exists but was not made by virnucpro predict; "
                              "choose another --outdir")  # fmt: skip
-    if resume:
+    if earlier is not None:
+        if not resume:
+            raise VirnucproError(f"{work}: holds an earlier run's intermediates; add --resume "
+                                 "to reuse its finished shards, or remove it")  # fmt: skip
+        if Path(earlier.get("input", "")).resolve() != input_path.resolve():
+            raise VirnucproError(f"{work}: holds a run of {earlier.get('input')}; --resume "
+                                 f"continues only that input (not {input_path})")  # fmt: skip
         return
-    if work.exists():
-        raise VirnucproError(f"{work}: holds an earlier run's intermediates; add --resume to "
-                             "reuse its finished shards, or remove it")  # fmt: skip
     present = [name for name in RESULT_FILES if (outdir / name).exists()]
     if present:
-        raise VirnucproError(f"{outdir}: already holds results ({', '.join(present)}); choose "
-                             "another --outdir or remove them")  # fmt: skip
+        nothing = "; nothing to resume there" if resume else ""
+        raise VirnucproError(f"{outdir}: already holds results ({', '.join(present)}){nothing}; "
+                             "choose another --outdir or remove them")  # fmt: skip
 
 
 def explain_resume(earlier: dict | None, parameters: dict, reused: int, total: int) -> str:
