@@ -1105,3 +1105,24 @@ def test_resume_without_intermediates_does_not_replace_results(cli, demo, kept_r
     result = cli("predict", EXAMPLE, "--models", demo, "--outdir", kept_run, "--resume")
     assert_user_error(result, "already holds results", "nothing to resume there")
     assert contents(kept_run) == before
+
+
+def test_resume_compares_the_input_by_its_real_path(cli, demo, tmp_path):
+    """The same relative name in another directory is another input; the same file by its
+    absolute name is the same input."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "in.fa").write_text(EXAMPLE.read_text())
+    (second / "in.fa").write_text(">x\n" + "ATGGCC" * 100 + "\n")
+    out = tmp_path / "out"
+    cli("predict", "in.fa", "--models", demo, "--outdir", out, "--shard-size", 2000,
+        "--keep-intermediate", cwd=first).check()  # fmt: skip
+    before = contents(out)
+    other = cli("predict", "in.fa", "--models", demo, "--outdir", out, "--resume", cwd=second)
+    assert_user_error(other, f"holds a run of {first / 'in.fa'}")
+    assert contents(out) == before
+    same = cli("predict", first / "in.fa", "--models", demo, "--outdir", out, "--shard-size",
+               2000, "--resume")  # fmt: skip
+    same.check()
+    assert "resume: reusing 7 of 7 finished shard(s)" in same.stderr

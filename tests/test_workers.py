@@ -195,6 +195,20 @@ def test_every_shard_failed_writes_no_results(demo, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["failed_files.txt", WORK]
 
 
+def test_a_resume_in_which_every_shard_failed_says_the_results_are_old(demo, tmp_path):
+    out = tmp_path / "out"
+    base = [str(VIRNUCPRO), "predict", str(EXAMPLE), "--models", str(demo), "--outdir", str(out),
+            "--shard-size", "1000000000", "--workers", "1", "--keep-intermediate"]  # fmt: skip
+    assert subprocess.run(base, capture_output=True, timeout=600).returncode == 0
+    env = {**os.environ, "VIRNUCPRO_TEST_FAIL": "shard_00001:prepare"}
+    result = subprocess.run([*base, "--resume", "--chunk-size", "300"], capture_output=True,
+                            text=True, timeout=600, env=env)  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert (f"{out}: prediction_results.txt, prediction_results_highestscore.csv, "
+            "virnucpro_summary.tsv, run.json are an earlier run's results, not this run's"
+            in result.stderr), result.stderr  # fmt: skip
+
+
 def test_failed_shards_are_reported_in_the_log_file_too(demo, tmp_path):
     out, log = tmp_path / "out", tmp_path / "run.log"
     command = [

@@ -200,6 +200,10 @@ def predict(
             "shards": round(shards_seconds, 3),
             "total": round(time.perf_counter() - started, 3),
         })  # fmt: skip
+    stale = [name for name in RESULT_FILES[:-1] if (outdir / name).exists()]
+    if not finished and stale:  # a --resume in which every shard failed
+        log.warning("%s: %s are an earlier run's results, not this run's", outdir,
+                    ", ".join(stale))  # fmt: skip
     if failed:
         log.error("%d of %d shard(s) failed: %s; the finished ones are kept in %s for --resume",
                   len(failed), len(shards), failed_path, work)  # fmt: skip
@@ -224,7 +228,7 @@ def check_outdir(outdir: Path, resume: bool, input_path: Path) -> None:
         if not resume:
             raise VirnucproError(f"{work}: holds an earlier run's intermediates; add --resume "
                                  "to reuse its finished shards, or remove it")  # fmt: skip
-        if Path(earlier.get("input", "")).resolve() != input_path.resolve():
+        if earlier.get("input") != str(input_path.resolve()):
             raise VirnucproError(f"{work}: holds a run of {earlier.get('input')}; --resume "
                                  f"continues only that input (not {input_path})")  # fmt: skip
         return
@@ -274,7 +278,7 @@ def _read_owner(work: Path) -> dict | None:
 
 def _write_owner(work: Path, input_path: Path, parameters: dict) -> None:
     with atomic_writer(work / OWNER_FILE) as out:
-        json.dump({"made_by": "virnucpro predict", "input": str(input_path),
+        json.dump({"made_by": "virnucpro predict", "input": str(input_path.resolve()),
                    "parameters": parameters}, out, indent=2)  # fmt: skip
         out.write("\n")
 
