@@ -104,17 +104,23 @@ def test_dead_worker_is_replaced_and_its_shard_retried(demo, clean, tmp_path):
     assert results(tmp_path / "out") == clean
 
 
-def test_killed_run_resumes_to_the_same_files(demo, clean, tmp_path):
-    out = tmp_path / "out"
+def predict_until_two_shards_finished(demo: Path, out: Path, stderr) -> subprocess.Popen:
+    """A one-worker predict in its own process group, once two shards are finished."""
     command = [str(VIRNUCPRO), "-q", "predict", str(EXAMPLE), "--models", str(demo),
                "--outdir", str(out), "--shard-size", SHARD_SIZE, "--threads", "1",
                "--workers", "1"]  # fmt: skip
-    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, start_new_session=True, stderr=stderr, text=True)
     deadline = time.monotonic() + 300
     while len(list((out / WORK).glob("*.done.json"))) < 2:
-        assert process.poll() is None, "finished before it could be killed"
+        assert process.poll() is None, "finished before it could be stopped"
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    return process
+
+
+def test_killed_run_resumes_to_the_same_files(demo, clean, tmp_path):
+    out = tmp_path / "out"
+    process = predict_until_two_shards_finished(demo, out, subprocess.DEVNULL)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "virnucpro_summary.tsv").exists()
@@ -129,15 +135,7 @@ def test_interrupted_run_keeps_finished_shards_and_says_how_to_resume(demo, clea
     """Ctrl-C (SIGINT to the terminal's process group): exit 130, one warning naming the
     finished shards kept and --resume, no traceback; --resume then finishes the same files."""
     out = tmp_path / "out"
-    command = [str(VIRNUCPRO), "-q", "predict", str(EXAMPLE), "--models", str(demo),
-               "--outdir", str(out), "--shard-size", SHARD_SIZE, "--threads", "1",
-               "--workers", "1"]  # fmt: skip
-    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while len(list((out / WORK).glob("*.done.json"))) < 2:
-        assert process.poll() is None, "finished before it could be interrupted"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    process = predict_until_two_shards_finished(demo, out, subprocess.PIPE)
     os.killpg(process.pid, signal.SIGINT)
     stderr = process.communicate(timeout=60)[1]
     assert process.returncode == 130, stderr
