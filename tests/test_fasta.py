@@ -7,7 +7,8 @@ import gzip
 import pytest
 
 from virnucpro.errors import VirnucproError
-from virnucpro.fasta import Record, atomic_writer, read_fasta
+from virnucpro.fasta import Record, read_fasta
+from virnucpro.fileio import atomic_writer
 
 
 def records(path, **kwargs):

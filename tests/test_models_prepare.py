@@ -38,7 +38,7 @@ def no_hashing(monkeypatch) -> None:
     def refuse(path):
         raise AssertionError(f"{path}: hashed although its sidecar is fresh")
 
-    monkeypatch.setattr(files, "_digest", refuse)
+    monkeypatch.setattr(files, "file_sha256", refuse)
 
 
 def no_checkpoint_reads(monkeypatch) -> None:

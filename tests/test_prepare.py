@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-from virnucpro.fasta import Record, fasta_stem
+from virnucpro.fasta import Record
+from virnucpro.paths import fasta_stem
 from virnucpro.prepare import (
     Frame,
     chunk_bounds,

@@ -16,8 +16,8 @@ import torch
 
 from virnucpro import __version__
 from virnucpro.errors import VirnucproError
-from virnucpro.fasta import atomic_writer
 from virnucpro.features import CHUNK_SIZE, KIND, PRECISION, read_features, read_metadata
+from virnucpro.fileio import atomic_writer
 from virnucpro.models.classifier import MLPClassifier
 from virnucpro.models.files import sha256
 

@@ -26,7 +26,7 @@ import torch
 
 from virnucpro.device import DTYPES, setup
 from virnucpro.errors import VirnucproError
-from virnucpro.fasta import _open_text, count_records, fasta_stem, read_fasta
+from virnucpro.fasta import _open_text, count_records, read_fasta
 from virnucpro.features import (
     CHUNK_SIZE,
     FEATURE_DTYPE,
@@ -41,6 +41,7 @@ from virnucpro.features import (
 from virnucpro.models.dnabert import DnaBert, DnaTokenizer, dnabert_mean_embeddings, load_dnabert
 from virnucpro.models.esm2 import ESM2, esm2_mean_embeddings, load_esm2, tokenize_protein
 from virnucpro.models.files import sha256
+from virnucpro.paths import fasta_stem
 from virnucpro.progress import StageProgress
 
 log = logging.getLogger(__name__)

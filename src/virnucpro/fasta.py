@@ -1,12 +1,10 @@
-"""Streaming FASTA reading with the input checks users need, and atomic output writing."""
+"""Streaming FASTA reading with the input checks users need."""
 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import gzip
 import io
-import os
 import re
 import zlib
 from collections.abc import Iterator
@@ -116,59 +114,3 @@ def count_records(path: Path) -> int | None:
     except OSError:
         return None
     return count
-
-
-@contextlib.contextmanager
-def atomic_writer(path: Path, mode: str = "w"):
-    """Write to a temporary name beside ``path``; rename only if the block succeeds.
-
-    So a failed run never leaves a file that looks like a finished result.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, mode) as handle:
-            yield handle
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors' save_file, atomically, with the mode the umask gives (0644 under umask
-    022, as any file the user writes; save_file alone makes 0600)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def current_umask() -> int:
-    """The process's umask, read without changing it (os.umask would, for a moment, under
-    the other threads writing files)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022  # not Linux: the usual default
-
-
-def fasta_stem(path: Path) -> str:
-    """The input's name without .gz and a FASTA extension: reads.fa.gz -> reads."""
-    name = Path(path).name
-    if name.endswith(".gz"):
-        name = name[:-3]
-    for ext in (".fasta", ".fna", ".fas", ".fa", ".faa", ".ffn"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name

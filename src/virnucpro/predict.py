@@ -26,7 +26,7 @@ from pathlib import Path
 from virnucpro import __version__
 from virnucpro.device import no_gpu_error, select_device, select_precision
 from virnucpro.errors import VirnucproError
-from virnucpro.fasta import atomic_writer
+from virnucpro.fileio import atomic_writer
 from virnucpro.models.files import ModelPaths, sha256
 from virnucpro.progress import WorkerProgress
 from virnucpro.runner import WorkerConfig, is_finished, run_shards, shard_files

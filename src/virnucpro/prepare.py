@@ -12,7 +12,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from virnucpro.fasta import Record, atomic_writer, fasta_stem, read_fasta
+from virnucpro.fasta import Record, read_fasta
+from virnucpro.fileio import atomic_writer
+from virnucpro.paths import fasta_stem
 
 CHUNK_SIZES = (300, 500)
 

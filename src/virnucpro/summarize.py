@@ -27,7 +27,8 @@ import numpy as np
 
 from virnucpro import __version__
 from virnucpro.errors import VirnucproError
-from virnucpro.fasta import atomic_writer, read_fasta
+from virnucpro.fasta import read_fasta
+from virnucpro.fileio import atomic_writer
 from virnucpro.prepare import SEQUENCES_HEADER
 from virnucpro.split import MANIFEST_HEADER
 

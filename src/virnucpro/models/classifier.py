@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from virnucpro.errors import VirnucproError
-from virnucpro.fasta import save_safetensors
+from virnucpro.fileio import save_safetensors
 
 HIDDEN_DIM = 512
 NUM_CLASSES = 2  # index 0 = others (score1), index 1 = virus (score2)

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.attention import sdpa_kernel
 
 from virnucpro.errors import VirnucproError
-from virnucpro.fasta import save_safetensors
+from virnucpro.fileio import save_safetensors
 from virnucpro.models.compiled import ATTENTION_BACKENDS, compiled_step
 
 # Checkpoint keys we knowingly drop: the [CLS] pooler of BertModel (VirNucPro mean-pools the

@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from virnucpro.errors import VirnucproError
+from virnucpro.fileio import stamp
 from virnucpro.models.compiled import compiled_step, run_layers
 
 log = logging.getLogger(__name__)
@@ -288,11 +289,6 @@ def _read_checkpoint(path: Path) -> tuple[ESM2Config, dict[str, torch.Tensor]]:
     return config, _native_state_dict(path, data.get("model"), config)
 
 
-def file_stamp(stat: os.stat_result) -> str:
-    """Identity of a file version: size, mtime, inode and ctime (which no copy tool keeps)."""
-    return f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ino} {stat.st_ctime_ns}"
-
-
 def cache_path(path: Path, dtype: torch.dtype) -> Path:
     """Where the ready-to-load copy of a checkpoint in ``dtype`` lives: beside its path (beside
     a symlink, not its target), hidden."""
@@ -305,7 +301,7 @@ def fresh_cache(path: Path, dtype: torch.dtype) -> Path | None:
     cache = cache_path(path, dtype)
     try:
         with safe_open(str(cache), framework="pt") as handle:
-            fresh = (handle.metadata() or {}).get("source") == file_stamp(path.stat())
+            fresh = (handle.metadata() or {}).get("source") == stamp(path)
     except (OSError, SafetensorError):
         return None
     return cache if fresh else None
@@ -327,14 +323,15 @@ def write_cache(path: Path, dtype: torch.dtype) -> Path:
     path = Path(path)
     if (cache := fresh_cache(path, dtype)) is not None:
         return cache
-    stat = path.stat()  # before reading: a file changed meanwhile is then not marked fresh
+    source = stamp(path)  # before reading: a file changed meanwhile is then not marked fresh
+    mode = path.stat().st_mode & 0o777
     config, state = _read_checkpoint(path)
-    meta = {"source": file_stamp(stat), "config": json.dumps(asdict(config))}
+    meta = {"source": source, "config": json.dumps(asdict(config))}
     cache = cache_path(path, dtype)
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
     try:
         save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(tmp), meta)
-        os.chmod(tmp, stat.st_mode & 0o777)  # as readable as the checkpoint (a shared store)
+        os.chmod(tmp, mode)  # as readable as the checkpoint (a shared store)
         os.replace(tmp, cache)
     except SafetensorError as e:
         raise VirnucproError(f"{cache}: cannot be written ({e})") from None

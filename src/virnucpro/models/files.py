@@ -16,18 +16,18 @@ used only while that file version is unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from virnucpro.errors import VirnucproError
-from virnucpro.fasta import atomic_writer
+from virnucpro.fileio import atomic_writer, stamp
+from virnucpro.fileio import sha256 as file_sha256
 from virnucpro.models.classifier import MLPClassifier, convert_classifier, write_classifier
 from virnucpro.models.dnabert import DnaBertConfig, write_demo_dnabert
-from virnucpro.models.esm2 import file_stamp, write_demo_esm2
 from virnucpro.models.esm2 import write_cache as write_esm2_cache
+from virnucpro.models.esm2 import write_demo_esm2
 
 log = logging.getLogger("virnucpro")
 
@@ -155,33 +155,6 @@ def resolve_models(
     return ModelPaths(**resolved)
 
 
-def _files_under(path: Path) -> list[Path]:
-    """A directory model's files, in name order, hidden files skipped."""
-    return sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
-
-
-def _stamp(path: Path) -> str:
-    """Identity of a file version: size, mtime, inode and ctime (which no copy keeps); of a
-    directory, a digest of its files' names and stamps."""
-    if not path.is_dir():
-        return file_stamp(path.stat())  # of a symlink: its target's
-    listing = "".join(f"{f.relative_to(path).as_posix()}\0{file_stamp(f.stat())}\n"
-                      for f in _files_under(path))  # fmt: skip
-    return hashlib.sha256(listing.encode()).hexdigest()
-
-
-def _digest(path: Path) -> str:
-    if path.is_dir():
-        listing = "".join(f"{f.relative_to(path).as_posix()}\0{_digest(f)}\n"
-                          for f in _files_under(path))  # fmt: skip
-        return hashlib.sha256(listing.encode()).hexdigest()
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sidecar_path(path: Path) -> Path:
     """Where `models prepare` keeps a model's checksum: beside its path (beside a symlink,
     not its target), hidden."""
@@ -190,8 +163,8 @@ def sidecar_path(path: Path) -> Path:
 
 def _read_sidecar(path: Path) -> str | None:
     try:
-        stamp, _, digest = sidecar_path(path).read_text().strip().rpartition(" ")
-        return digest if stamp == _stamp(path) and len(digest) == 64 else None
+        recorded, _, digest = sidecar_path(path).read_text().strip().rpartition(" ")
+        return digest if recorded == stamp(path) and len(digest) == 64 else None
     except OSError:
         return None
 
@@ -202,7 +175,7 @@ def sha256(path: Path) -> str:
     describes this file version, else computed; never written here (tasks must not write
     into a models directory)."""
     path = Path(path)
-    return _read_sidecar(path) or _digest(path)
+    return _read_sidecar(path) or file_sha256(path)
 
 
 def write_sha256_sidecar(path: Path) -> str:
@@ -210,10 +183,10 @@ def write_sha256_sidecar(path: Path) -> str:
     path = Path(path)
     if (digest := _read_sidecar(path)) is not None:
         return digest
-    stamp = _stamp(path)  # before hashing: a file changed meanwhile is then hashed again
-    digest = _digest(path)
+    version = stamp(path)  # before hashing: a file changed meanwhile is then hashed again
+    digest = file_sha256(path)
     with atomic_writer(sidecar_path(path)) as out:
-        out.write(f"{stamp} {digest}\n")
+        out.write(f"{version} {digest}\n")
     return digest
 
 
@@ -331,7 +304,7 @@ def _write_file_sidecar(path: Path, digest: str) -> None:
     """The sidecar `models prepare` reads (``.NAME.sha256``), from a digest just computed while
     downloading, so that a 6 GB file is not hashed again."""
     with atomic_writer(sidecar_path(path)) as out:
-        out.write(f"{_stamp(path)} {digest}\n")
+        out.write(f"{stamp(path)} {digest}\n")
 
 
 def _check_present(path: Path, remote: Remote) -> str:
@@ -340,7 +313,7 @@ def _check_present(path: Path, remote: Remote) -> str:
     from virnucpro.models.download import BLOCK, git_blob_sha1
 
     fresh = _read_sidecar(path)
-    digest = fresh or _digest(path)
+    digest = fresh or file_sha256(path)
     if remote.sha256 is not None and digest != remote.sha256:
         raise VirnucproError(
             f"{path}: sha256 mismatch: expected {remote.sha256}, got {digest} (a file already "
