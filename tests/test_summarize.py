@@ -235,12 +235,6 @@ def test_no_temporary_files_are_left_after_an_error(run_input, tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_scores_header_is_classifys():
-    from virnucpro.classify import SCORES_HEADER
-
-    assert summarize_module.SCORES_HEADER == SCORES_HEADER
-
-
 @pytest.mark.parametrize("how", ["function", "cli"])
 def test_summarize_does_not_import_torch(run_input, tmp_path, how):
     files, manifest, _ = run_input

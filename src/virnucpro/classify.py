@@ -20,10 +20,10 @@ from virnucpro.features import CHUNK_SIZE, KIND, PRECISION, read_features, read_
 from virnucpro.fileio import atomic_writer
 from virnucpro.models.classifier import MLPClassifier
 from virnucpro.models.files import sha256
+from virnucpro.paths import SCORES_HEADER, scores_files
 
 log = logging.getLogger(__name__)
 
-SCORES_HEADER = "frame_id\tprediction\tscore1\tscore2\n"
 CLASSIFY_BATCH = 4096
 MODEL_LABEL = {"dnabert": "DNABERT-S", "esm2": "ESM-2"}
 
@@ -138,7 +138,7 @@ def classify(
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     prefix = scores_prefix(dna_path)
-    tsv, meta = outdir / f"{prefix}.scores.tsv", outdir / f"{prefix}.scores.json"
+    tsv, meta = scores_files(outdir, prefix)
     with atomic_writer(tsv) as out:
         out.write(SCORES_HEADER)
         for frame_id, (others, virus) in zip(ids, probabilities, strict=True):

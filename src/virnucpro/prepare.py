@@ -14,7 +14,7 @@ from pathlib import Path
 
 from virnucpro.fasta import Record, read_fasta
 from virnucpro.fileio import atomic_writer
-from virnucpro.paths import fasta_stem
+from virnucpro.paths import CHUNK_SIZE_NOTE, SEQUENCES_HEADER, fasta_stem, prepared_files
 
 CHUNK_SIZES = (300, 500)
 
@@ -105,9 +105,6 @@ def prepare_records(records: Iterable[Record], chunk_size: int) -> Iterator[Prep
         yield prepare_record(record, chunk_size)
 
 
-SEQUENCES_HEADER = "sequence_id\tlength\tchunks\tchunks_with_frames\tframes_kept\n"
-
-
 @dataclass
 class PrepareCounts:
     sequences: int = 0
@@ -128,24 +125,15 @@ def read_counts(table: Path) -> PrepareCounts:
     return counts
 
 
-def prepare_outputs(outdir: Path, prefix: str) -> tuple[Path, Path, Path]:
-    """Paths of the three files prepare writes: nucleotide, protein, sequences table."""
-    return (
-        outdir / f"{prefix}.nucleotide.fa",
-        outdir / f"{prefix}.protein.faa",
-        outdir / f"{prefix}.sequences.tsv",
-    )
-
-
 def write_prepared(
     prepared: Iterable[PreparedSequence], outdir: Path, prefix: str, chunk_size: int | None = None
 ) -> PrepareCounts:
     """Write the kept frames (one line per sequence) and the per-sequence table. With
     ``chunk_size``, each frame's header says it after the ID (`>ID chunk_size=500`): the
     embed stages record it in the feature files, and classify checks it."""
-    note = f" chunk_size={chunk_size}" if chunk_size else ""
+    note = " " + CHUNK_SIZE_NOTE.format(chunk_size=chunk_size) if chunk_size else ""
     outdir.mkdir(parents=True, exist_ok=True)
-    nuc_path, prot_path, table_path = prepare_outputs(outdir, prefix)
+    nuc_path, prot_path, table_path = prepared_files(outdir, prefix)
     counts = PrepareCounts()
     with (
         atomic_writer(nuc_path) as nuc,

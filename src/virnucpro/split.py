@@ -16,14 +16,9 @@ from pathlib import Path
 
 from virnucpro.errors import VirnucproError
 from virnucpro.fasta import Record, read_fasta
+from virnucpro.paths import MANIFEST, MANIFEST_HEADER, shard_name
 
 DEFAULT_SHARD_SIZE = 20_000_000  # docs/usage.md: GPU task start-up vs. work
-MANIFEST_NAME = "shards.tsv"
-MANIFEST_HEADER = "shard\tsequence_id\tlength\n"
-
-
-def shard_name(index: int) -> str:
-    return f"shard_{index:05d}.fa"
 
 
 def group_records(records: Iterable[Record], shard_size: int) -> Iterator[list[Record]]:
@@ -49,7 +44,7 @@ def split(input_path: Path, shard_size: int, outdir: Path) -> list[Path]:
     staging = Path(tempfile.mkdtemp(prefix=".split-", dir=outdir))
     try:
         names = []
-        with open(staging / MANIFEST_NAME, "w") as manifest:
+        with open(staging / MANIFEST, "w") as manifest:
             manifest.write(MANIFEST_HEADER)
             for index, group in enumerate(group_records(read_fasta(input_path), shard_size), 1):
                 name = shard_name(index)
@@ -60,7 +55,7 @@ def split(input_path: Path, shard_size: int, outdir: Path) -> list[Path]:
                 names.append(name)
         for name in names:
             (staging / name).replace(outdir / name)
-        (staging / MANIFEST_NAME).replace(outdir / MANIFEST_NAME)
+        (staging / MANIFEST).replace(outdir / MANIFEST)
         return [outdir / name for name in names]
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -29,22 +29,28 @@ from virnucpro import __version__
 from virnucpro.errors import VirnucproError
 from virnucpro.fasta import read_fasta
 from virnucpro.fileio import atomic_writer
-from virnucpro.prepare import SEQUENCES_HEADER
-from virnucpro.split import MANIFEST_HEADER
+from virnucpro.paths import (
+    HIGHEST_SCORE,
+    HIGHEST_SCORE_HEADER,
+    MANIFEST_HEADER,
+    RESULTS,
+    RESULTS_HEADER,
+    RUN_RECORD,
+    SCORES,
+    SCORES_HEADER,
+    SCORES_META,
+    SEQUENCES,
+    SEQUENCES_HEADER,
+    SUMMARY,
+    SUMMARY_HEADER,
+)
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = {"sequences": ".sequences.tsv", "scores": ".scores.tsv", "meta": ".scores.json"}
+SUFFIXES = {"sequences": SEQUENCES, "scores": SCORES, "meta": SCORES_META}
 DEFAULT_THRESHOLD = 0.5
-# classify.SCORES_HEADER, repeated here so that summarize does not import classify (and with
-# it torch); tests/test_summarize.py checks that the two agree.
-SCORES_HEADER = "frame_id\tprediction\tscore1\tscore2\n"
 CALLS = ("virus", "not_virus", "unscored", "unfinished")
 MERGE_FAN_IN = 64  # sorted chunk runs open at once in the final merge
-SUMMARY_HEADER = (
-    "sequence_id\tlength\tchunks\tchunks_with_frames\tframes_scored\tviral_chunks\t"
-    "viral_fraction\tmax_virus_score\tmean_virus_score\tcall\n"
-)
 
 
 def natural_key(name: str) -> list:
@@ -228,10 +234,10 @@ def summarize(
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {
-        "results": outdir / "prediction_results.txt",
-        "highestscore": outdir / "prediction_results_highestscore.csv",
-        "summary": outdir / "virnucpro_summary.tsv",
-        "run": outdir / "run.json",
+        "results": outdir / RESULTS,
+        "highestscore": outdir / HIGHEST_SCORE,
+        "summary": outdir / SUMMARY,
+        "run": outdir / RUN_RECORD,
     }
     counts: dict[str, int] = defaultdict(int)
     stage_seconds: dict[str, float] = defaultdict(float)
@@ -243,7 +249,7 @@ def summarize(
             atomic_writer(paths["results"]) as results,
             atomic_writer(paths["summary"]) as summary,
         ):
-            results.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
+            results.write(RESULTS_HEADER)
             summary.write(SUMMARY_HEADER)
             for shard in shards:
                 if "unfinished" in shard:
@@ -261,7 +267,7 @@ def summarize(
                 del chunks
         with atomic_writer(paths["highestscore"]) as out:
             # The original's pandas groupby: chunks sorted as strings, True/False per chunk.
-            out.write("Modified_ID\tIs_Virus\n")
+            out.write(HIGHEST_SCORE_HEADER)
             out.writelines(_merge_runs(runs, staging))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
