@@ -141,7 +141,7 @@ def main() -> None:
     bench.write_dnabert_s(work / "dnabert-s", fasta)
     bench.prepare(fasta, 500, work / "c500", "input")
     nucleotide = work / "c500" / "input.nucleotide.fa"
-    model = bench.load_model("dnabert", work / "dnabert-s", "cuda:0", "bf16", compile=True)
+    model = bench.load_embedder("dnabert", work / "dnabert-s", "cuda:0", "bf16", compile=True)
     sequences = [r.sequence for r in bench.read_fasta(nucleotide)]
     results: dict = {"gpu": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d")}
 

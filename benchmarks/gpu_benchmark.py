@@ -32,18 +32,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from synthetic import synthetic_sequence  # noqa: E402
 
 from virnucpro.classify import score  # noqa: E402
-from virnucpro.embed import embed_file, load_model  # noqa: E402
+from virnucpro.embed import Esm2Embedder, embed_file, load_embedder  # noqa: E402
 from virnucpro.fasta import read_fasta  # noqa: E402
 from virnucpro.features import read_features  # noqa: E402
 from virnucpro.models.classifier import MLPClassifier, write_classifier  # noqa: E402
-from virnucpro.models.dnabert import DnaBert, DnaBertConfig, write_demo_dnabert  # noqa: E402
-from virnucpro.models.esm2 import (  # noqa: E402
-    esm2_mean_embeddings,
-    load_esm2,
-    tokenize_protein,
-    write_demo_esm2,
-)
+from virnucpro.models.demo import write_demo_dnabert, write_demo_esm2  # noqa: E402
+from virnucpro.models.dnabert import DnaBert  # noqa: E402
 from virnucpro.models.files import ModelPaths, prepare_models  # noqa: E402
+from virnucpro.models.load import dnabert_hf_name, load_esm2, read_dnabert_config  # noqa: E402
+from virnucpro.models.tokenizers import tokenize_protein  # noqa: E402
 from virnucpro.prepare import prepare  # noqa: E402
 
 ESM_3B = {"layers": 36, "dim": 2560, "heads": 40}
@@ -104,11 +101,13 @@ def write_dnabert_s(directory: Path, training_fasta: Path) -> None:
         special_tokens=[("[CLS]", 1), ("[SEP]", 2)],
     )
     tokenizer.save(str(directory / "tokenizer.json"))
-    cfg = DnaBertConfig.from_json(directory / "config.json")
+    cfg = read_dnabert_config(directory / "config.json")
     torch.manual_seed(0)
     model = DnaBert(cfg)
+    # the published key names, as the loader reads them
+    hf = {dnabert_hf_name(k): v for k, v in model.state_dict().items()}
     state = {k: (torch.randn_like(v) * 0.02 + (1.0 if "LayerNorm.weight" in k else 0.0))
-             for k, v in model.state_dict().items()}  # fmt: skip
+             for k, v in hf.items()}  # fmt: skip
     save_file(state, str(directory / "model.safetensors"))
 
 
@@ -318,14 +317,14 @@ def main() -> None:
     paths = ModelPaths(esm_path, models / "dnabert-s", models / "classifier_500.safetensors")
     faa = {size: work / f"c{size}" / "input.protein.faa" for size in (500, 300)}
     if args.quick:
-        compiled = load_model("esm2", esm_path, "cuda:0", "bf16", compile=True)
+        compiled = load_embedder("esm2", esm_path, "cuda:0", "bf16", compile=True)
         graphs = compiled_graphs()
         results["ours_esm_500_compiled"] = product_embed(compiled, faa[500], work / "c500", None)
         report("ESM-2 500 bp compiled", results["ours_esm_500_compiled"])
         del compiled
         torch.cuda.empty_cache()
         results["recompiles_in_timed_runs"] = compiled_graphs() - graphs
-        dna_model = load_model("dnabert", models / "dnabert-s", "cuda:0", "bf16", compile=True)
+        dna_model = load_embedder("dnabert", models / "dnabert-s", "cuda:0", "bf16", compile=True)
         graphs = compiled_graphs()  # DNABERT-S's graphs are made at its load
         results["ours_dnabert_500_compiled"] = product_embed(dna_model, nuc, work / "c500", None)
         report("DNABERT-S compiled", results["ours_dnabert_500_compiled"])
@@ -359,10 +358,11 @@ def main() -> None:
     tokens = [tokenize_protein(p) for p in check]
 
     def means(model) -> torch.Tensor:
-        return torch.cat([esm2_mean_embeddings(model, tokens[i : i + 64])
+        embedder = Esm2Embedder(model)
+        return torch.cat([embedder.run(tokens[i : i + 64]).cpu()
                           for i in range(0, len(tokens), 64)])  # fmt: skip
 
-    loaded = load_model("esm2", esm_path, "cuda:0", "bf16")
+    loaded = load_embedder("esm2", esm_path, "cuda:0", "bf16")
     for size in (500, 300):
         product_embed(loaded, small, work, None)  # warm-up
         results[f"ours_esm_{size}"] = product_embed(loaded, faa[size], work / f"c{size}", None)
@@ -371,8 +371,8 @@ def main() -> None:
     del loaded
     torch.cuda.empty_cache()
 
-    # the same with compiled layers (compiled and warmed up in load_model)
-    compiled = load_model("esm2", esm_path, "cuda:0", "bf16", compile=True)
+    # the same with compiled layers (compiled and warmed up in load_embedder)
+    compiled = load_embedder("esm2", esm_path, "cuda:0", "bf16", compile=True)
     results["esm_compile_load_s"] = compiled.load_seconds
     graphs = compiled_graphs()
     for size in (500, 300):
@@ -425,13 +425,13 @@ def main() -> None:
     report("correctness", results["correctness"])
 
     # DNABERT-S, eager then compiled
-    dna_model = load_model("dnabert", models / "dnabert-s", "cuda:0", "bf16")
+    dna_model = load_embedder("dnabert", models / "dnabert-s", "cuda:0", "bf16")
     product_embed(dna_model, nuc, work / "c500", None)  # warm-up
     results["ours_dnabert_500"] = product_embed(dna_model, nuc, work / "c500", None)
     report("dnabert", results["ours_dnabert_500"])
     dna_eager = read_features(Path(results["ours_dnabert_500"]["path"]))[1]
     del dna_model
-    dna_model = load_model("dnabert", models / "dnabert-s", "cuda:0", "bf16", compile=True)
+    dna_model = load_embedder("dnabert", models / "dnabert-s", "cuda:0", "bf16", compile=True)
     results["dnabert_compile_load_s"] = dna_model.load_seconds
     graphs = compiled_graphs()
     results["ours_dnabert_500_compiled"] = product_embed(dna_model, nuc, work / "c500", None)

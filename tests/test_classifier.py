@@ -218,7 +218,7 @@ def test_original_that_is_not_a_classifier(tmp_path):
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_model_files_honour_the_umask(tmp_path, umask):
     """safetensors alone writes 0600: a shared models directory would lock others out."""
-    from virnucpro.models.dnabert import write_demo_dnabert
+    from virnucpro.models.demo import write_demo_dnabert
 
     old = os.umask(umask)
     try:

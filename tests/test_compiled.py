@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from virnucpro.embed import load_model
-from virnucpro.models.files import DNABERT_DIRNAME, write_demo_models
+from virnucpro.embed import load_embedder
+from virnucpro.models.demo import write_demo_models
+from virnucpro.paths import DNABERT_DIRNAME
 from virnucpro.progress import StageProgress
 
 
@@ -40,12 +41,12 @@ def features(loaded, tokens: list[list[int]]) -> torch.Tensor:
 @pytest.mark.parametrize("kind", ["esm2", "dnabert"])
 def test_compiled_matches_eager_and_never_recompiles(models: Path, kind: str) -> None:
     path = models / ("esm2.pt" if kind == "esm2" else DNABERT_DIRNAME)
-    eager = load_model(kind, path, "cpu", "fp32")
+    eager = load_embedder(kind, path, "cpu", "fp32")
     # ids that are neither padding nor special: ESM-2 residues, DNABERT-S BPE pieces
     vocab = range(4, 24) if kind == "esm2" else range(5, eager.model.config.vocab_size)
     torch._dynamo.reset()
     graphs_before = counters["stats"]["unique_graphs"]
-    compiled = load_model(kind, path, "cpu", "fp32", compile=True)
+    compiled = load_embedder(kind, path, "cpu", "fp32", compile=True)
     graphs_after_warm_up = counters["stats"]["unique_graphs"]
     # ESM-2: one compiled part (projection + rotation) shared by every layer, padded or not;
     # DNABERT-S: the whole encoder, once for padded batches and once for unpadded ones
@@ -61,18 +62,16 @@ def test_compiled_matches_eager_and_never_recompiles(models: Path, kind: str) ->
 def test_attention_never_takes_cudnn(models: Path, kind: str, monkeypatch) -> None:
     """cuDNN attention plans anew for every batch shape (up to a second each on the H100):
     the layer loop must run attention with that backend switched off."""
-    import virnucpro.models.compiled as compiled_module
-
     cudnn_allowed: list[bool] = []
-    sdpa = compiled_module.F.scaled_dot_product_attention
+    sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def recording_sdpa(*args, **kwargs):
         cudnn_allowed.append(torch.backends.cuda.cudnn_sdp_enabled())
         return sdpa(*args, **kwargs)
 
-    monkeypatch.setattr(compiled_module.F, "scaled_dot_product_attention", recording_sdpa)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
     path = models / ("esm2.pt" if kind == "esm2" else DNABERT_DIRNAME)
-    loaded = load_model(kind, path, "cpu", "fp32")
+    loaded = load_embedder(kind, path, "cpu", "fp32")
     features(loaded, [[5, 6, 7, 8], [5, 6, 7]])
     assert cudnn_allowed and not any(cudnn_allowed)
     assert torch.backends.cuda.cudnn_sdp_enabled()  # switched off only inside the loop
@@ -91,7 +90,7 @@ def test_embedding_runs_with_the_model_frozen_and_the_collector_paused(
 
     path = models / ("esm2.pt" if kind == "esm2" else DNABERT_DIRNAME)
     gc.unfreeze()
-    loaded = load_model(kind, path, "cpu", "fp32")
+    loaded = load_embedder(kind, path, "cpu", "fp32")
     assert gc.get_freeze_count() > 0
     collector_enabled: list[bool] = []
     run = loaded.run
@@ -119,7 +118,7 @@ def test_no_collection_walks_the_frames_of_an_embedded_file(
     from virnucpro.embed import embed_file
 
     path = models / ("esm2.pt" if kind == "esm2" else DNABERT_DIRNAME)
-    loaded = load_model(kind, path, "cpu", "fp32")
+    loaded = load_embedder(kind, path, "cpu", "fp32")
     fasta = tmp_path / ("x.protein.faa" if kind == "esm2" else "x.nucleotide.fa")
     letters = "MKVLA" if kind == "esm2" else "ACGT"
     fasta.write_text("".join(f">s{i}\n{letters * (1 + i % 5)}\n" for i in range(3000)))

@@ -9,13 +9,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
+from virnucpro.embed import DnaBertEmbedder
 from virnucpro.errors import VirnucproError
-from virnucpro.models.dnabert import (
-    alibi_slopes,
-    dnabert_mean_embeddings,
-    load_dnabert,
-    write_demo_dnabert,
-)
+from virnucpro.models.demo import write_demo_dnabert
+from virnucpro.models.dnabert import DnaBert, alibi_slopes
+from virnucpro.models.load import load_dnabert
+from virnucpro.models.tokenizers import DnaTokenizer
+
+
+def dnabert_mean_embeddings(
+    model: DnaBert, token_batch: list[list[int]], tokenizer: DnaTokenizer
+) -> torch.Tensor:
+    """The embed-dna features of one batch, on the CPU."""
+    return DnaBertEmbedder(model, tokenizer).run(token_batch).cpu()
 
 
 @pytest.fixture
@@ -114,7 +120,7 @@ def test_matches_reference_and_padding_is_invisible(demo: Path, n_heads: int) ->
             assert not padded[row, len(seq) :].any()
     assert worst <= 1e-5
 
-    means = dnabert_mean_embeddings(model, batch, tokenizer.pad_id)
+    means = dnabert_mean_embeddings(model, batch, tokenizer)
     assert means.dtype == torch.float32 and means.shape == (len(batch), config["hidden_size"])
     for row, seq in enumerate(batch):
         expected = reference_forward(state, config, seq).mean(dim=0)  # [CLS], [SEP] included
@@ -129,8 +135,8 @@ def test_pytorch_model_bin_loads_like_safetensors(demo: Path) -> None:
     model_bin, _ = load_dnabert(demo)
     batch = sample_batch(tokenizer)
     assert torch.equal(
-        dnabert_mean_embeddings(model, batch, tokenizer.pad_id),
-        dnabert_mean_embeddings(model_bin, batch, tokenizer.pad_id),
+        dnabert_mean_embeddings(model, batch, tokenizer),
+        dnabert_mean_embeddings(model_bin, batch, tokenizer),
     )
 
 
@@ -233,14 +239,14 @@ def test_embed_dna_tokenizing_in_chunks_matches_one_sequence_at_a_time(
     fasta.write_text("".join(f">f{i} note\n{s}\n" for i, s in enumerate(sequences)))
     monkeypatch.setattr(embed, "FIRST_CHUNK_FRAMES", 2)
     monkeypatch.setattr(embed, "LARGEST_CHUNK_FRAMES", 8)  # 2 + 4 + 8 + 8 + 1: the last short
-    loaded = embed.load_model("dnabert", demo, "cpu", "fp32")
+    loaded = embed.load_embedder("dnabert", demo, "cpu", "fp32")
     out = embed.embed_file(loaded, fasta, tmp_path / "out", 64, "float32", show_progress=False)
     ids, features, metadata = read_features(out)
     assert ids == [f"f{i}" for i in range(len(sequences))]
     tokenizer = loaded.tokenizer
     with torch.inference_mode():
         for row, seq in enumerate(sequences):
-            single = dnabert_mean_embeddings(loaded.model, [tokenizer.encode(seq)], 3)[0]
+            single = dnabert_mean_embeddings(loaded.model, [tokenizer.encode(seq)], tokenizer)[0]
             assert torch.allclose(features[row], single, atol=1e-5, rtol=0)
     info = json.loads(metadata["info"])
     assert info["tokens"] == sum(len(tokenizer.encode(s)) for s in sequences)

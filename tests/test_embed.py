@@ -319,7 +319,8 @@ def test_collector_paused_restores_the_collector_as_it_was():
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from virnucpro.models.files import prepare_models, write_demo_models
+    from virnucpro.models.demo import write_demo_models
+    from virnucpro.models.files import prepare_models
 
     directory = tmp_path_factory.mktemp("models") / "demo"
     write_demo_models(directory)
@@ -329,11 +330,11 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(demo):
-    from virnucpro.embed import load_model
-    from virnucpro.models.files import DNABERT_DIRNAME
+    from virnucpro.embed import load_embedder
+    from virnucpro.paths import DNABERT_DIRNAME
 
-    return {"esm2": load_model("esm2", demo / "esm2.pt", "cpu", "fp32"),
-            "dnabert": load_model("dnabert", demo / DNABERT_DIRNAME, "cpu", "fp32")}  # fmt: skip
+    return {"esm2": load_embedder("esm2", demo / "esm2.pt", "cpu", "fp32"),
+            "dnabert": load_embedder("dnabert", demo / DNABERT_DIRNAME, "cpu", "fp32")}  # fmt: skip
 
 
 def prepared(tmp_path, n: int = 300, chunk_size: int | None = 500):
@@ -354,17 +355,20 @@ def prepared(tmp_path, n: int = 300, chunk_size: int | None = 500):
 @pytest.mark.parametrize("kind", ["esm2", "dnabert"])
 def test_embed_file_gives_the_whole_file_features_bit_for_bit(models, tmp_path, kind):
     """Written block by block as batches finish, the features are those of the whole-file
-    path (read_frames + embed_frames, what predict's workers run), bit for bit."""
-    from virnucpro.embed import embed_file, embed_frames, read_frames
+    path (every record read, tokenized and batched at once, then put in file order), bit for
+    bit."""
+    from virnucpro.embed import embed_file
+    from virnucpro.fasta import read_fasta
 
     loaded, path = models[kind], prepared(tmp_path)[kind]
     out = embed_file(loaded, path, tmp_path / "out", 256, "float32", show_progress=False)
     ids, x, meta = read_features(out)
-    frames = read_frames(loaded, path)
-    assert ids == frames.ids
-    assert torch.equal(x, embed_frames(loaded, frames, 256, show_progress=False))
+    records = list(read_fasta(path, nucleotide=kind == "dnabert"))
+    tokens = loaded.tokenize([r.sequence for r in records])
+    assert ids == [r.id for r in records]
+    assert torch.equal(x, loaded.queue(tokens, 256).gather())
     info = json.loads(meta["info"])
-    assert info["frames"] == len(ids) and info["tokens"] == sum(map(len, frames.tokens))
+    assert info["frames"] == len(ids) and info["tokens"] == sum(map(len, tokens))
 
 
 def test_embed_protein_holds_a_block_not_the_file(models, tmp_path, monkeypatch):
@@ -457,10 +461,11 @@ class Spy:
 def test_an_output_that_cannot_be_written_fails_before_any_embedding(models, tmp_path, kind):
     """A write error after hours of GPU work loses the work: what can be checked is checked
     first (the output path a directory, the output directory a file)."""
-    from virnucpro.embed import embed_file, output_path
+    from virnucpro.embed import embed_file
+    from virnucpro.paths import features_file
 
     path = prepared(tmp_path, 30)[kind]
-    taken = output_path(kind, path, tmp_path / "out")
+    taken = features_file(kind, path, tmp_path / "out")
     taken.mkdir(parents=True)
     with Spy(models[kind]) as spy, pytest.raises(VirnucproError, match=f"{taken}: is a dir"):
         embed_file(models[kind], path, tmp_path / "out", show_progress=False)

@@ -10,18 +10,13 @@ import esm
 import pytest
 import torch
 
+from virnucpro.embed import Esm2Embedder
 from virnucpro.errors import VirnucproError
-from virnucpro.models import esm2 as esm2_module
-from virnucpro.models.esm2 import (
-    PROTEIN_TOKENS,
-    cache_path,
-    esm2_mean_embeddings,
-    fresh_cache,
-    load_esm2,
-    tokenize_protein,
-    write_cache,
-    write_demo_esm2,
-)
+from virnucpro.models import load as load_module
+from virnucpro.models.demo import write_demo_esm2
+from virnucpro.models.esm2 import ESM2
+from virnucpro.models.load import cache_path, fresh_cache, load_esm2, write_cache
+from virnucpro.models.tokenizers import PROTEIN_TOKENS, tokenize_protein
 
 # Mixed lengths (1, 7, 50, 166 aa) so that padding is exercised; X is a real token, J is not.
 PROTEINS = [
@@ -30,6 +25,11 @@ PROTEINS = [
     "ACDEFGHIKLMNPQRSTVWY" * 2 + "XJBUZO" + "LAGVS",
     "MKV" * 55 + "A",
 ]
+
+
+def esm2_mean_embeddings(model: ESM2, token_batch: list[list[int]]) -> torch.Tensor:
+    """The embed-protein features of one batch, on the CPU."""
+    return Esm2Embedder(model).run(token_batch).cpu()
 
 
 def fair_esm_model(path: Path) -> tuple[torch.nn.Module, esm.data.Alphabet]:
@@ -204,7 +204,7 @@ def _no_checkpoint_reads(monkeypatch) -> None:
     def refuse(path):
         raise AssertionError(f"{path}: checkpoint read although a fresh copy is there")
 
-    monkeypatch.setattr(esm2_module, "_read_checkpoint", refuse)
+    monkeypatch.setattr(load_module, "_read_checkpoint", refuse)
 
 
 def test_load_never_writes_a_cache(tmp_path):

@@ -20,7 +20,8 @@ from virnucpro.errors import VirnucproError
 from virnucpro.models import download as dl
 from virnucpro.models import files
 from virnucpro.models.classifier import MLPClassifier, load_classifier
-from virnucpro.models.esm2 import write_demo_esm2
+from virnucpro.models.demo import write_demo_esm2
+from virnucpro.paths import checksum_sidecar
 
 
 class Server:
@@ -167,7 +168,7 @@ def test_clean_fetch_checks_every_file_and_records_it(published, server, tmp_pat
     assert manifest["300_model.pth"]["sha256"] == sha(published[300])
     assert manifest["dnabert-s/pytorch_model.bin"]["sha256"] == sha(published["pytorch_model.bin"])
     assert manifest["classifier_500.safetensors"]["converted_from"] == "500_model.pth"
-    assert files.sidecar_path(paths.esm2).read_text().split()[-1] == sha(published["esm2"])
+    assert checksum_sidecar(paths.esm2).read_text().split()[-1] == sha(published["esm2"])
 
     # run.json's DNABERT-S sha256 follows from the pins alone (docs/models.md gives its value)
     listing = "".join(f"{n}\0{d}\n" for n, (_, d) in sorted(files.DNABERT_PINS.items()))
@@ -323,7 +324,7 @@ def test_cli_fetch_then_prepare(published, server, tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit) as done:
         cli.main()
     assert done.value.code == 0, capsys.readouterr().err
-    assert files.sidecar_path(cache / "dnabert-s").is_file()  # prepared
+    assert checksum_sidecar(cache / "dnabert-s").is_file()  # prepared
     assert files.resolve_models(cache, chunk_size=500).classifier.is_file()
 
     server.files[urlsplit(files.ESM2_URL).path] = b"tampered"

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from virnucpro.errors import VirnucproError
-from virnucpro.models import esm2, files
-from virnucpro.models.esm2 import cache_path, load_esm2
-from virnucpro.models.files import prepare_models, sha256, sidecar_path, write_sha256_sidecar
+from virnucpro.models import files, load
+from virnucpro.models.demo import write_demo_models
+from virnucpro.models.files import prepare_models, sha256, write_sha256_sidecar
+from virnucpro.models.load import cache_path, load_esm2
+from virnucpro.paths import checksum_sidecar as sidecar_path
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, int, int]]:
@@ -29,7 +31,7 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int, int]]:
 def bare(tmp_path_factory) -> Path:
     """Demo models as written, nothing prepared."""
     directory = tmp_path_factory.mktemp("bare") / "models"
-    files.write_demo_models(directory)
+    write_demo_models(directory)
     assert not [p for p in directory.rglob(".*")]
     return directory
 
@@ -45,7 +47,7 @@ def no_checkpoint_reads(monkeypatch) -> None:
     def refuse(path):
         raise AssertionError(f"{path}: checkpoint read although a fresh copy is there")
 
-    monkeypatch.setattr(esm2, "_read_checkpoint", refuse)
+    monkeypatch.setattr(load, "_read_checkpoint", refuse)
 
 
 def test_sha256_writes_nothing(bare):

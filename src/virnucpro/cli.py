@@ -391,14 +391,14 @@ def _embed(
     threads: int | None = None,
     allow_nucleotide_letters: bool = False,
 ) -> None:
-    from virnucpro.embed import check_input, check_output, embed_file, load_model
+    from virnucpro.embed import check_input, check_output, embed_file, load_embedder
 
     _set_threads(threads)
     # what can fail without the model fails before it is loaded
     check_output(kind, input, outdir)
     check_input(kind, input, allow_nucleotide_letters)
-    loaded = load_model(kind, model_path, device, precision.value, compile=compile)
-    embed_file(loaded, input, outdir, batch, feature_dtype.value,
+    embedder = load_embedder(kind, model_path, device, precision.value, compile=compile)
+    embed_file(embedder, input, outdir, batch, feature_dtype.value,
                allow_nucleotide_letters=allow_nucleotide_letters)  # fmt: skip
 
 
@@ -517,7 +517,8 @@ def demo(
 ) -> None:
     """Write tiny random-weight models in the real formats (scores are meaningless), prepared
     as 'models prepare' does."""
-    from virnucpro.models.files import prepare_models, write_demo_models
+    from virnucpro.models.demo import write_demo_models
+    from virnucpro.models.files import prepare_models
 
     _set_threads(threads)
     write_demo_models(directory, seed)

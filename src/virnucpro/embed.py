@@ -1,8 +1,9 @@
 """Stages embed-dna and embed-protein: mean DNABERT-S / ESM-2 features of prepared frames.
 
-Both share one loop: tokenize, sort by length, cut into batches of at most ``batch_tokens``
-padded tokens, run the model, put the rows back in file order. A CUDA out-of-memory error
-halves the budget and retries the batch.
+One Embedder per model holds VirNucPro's rules for it (input, tokens, pooling, blocks);
+embed_file streams a prepared file through it. Both share one loop: tokenize, sort by
+length, cut into batches of at most ``batch_tokens`` padded tokens, run the model, put the
+rows back in file order. A CUDA out-of-memory error halves the budget and retries the batch.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ import logging
 import os
 import re
 import time
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+import numpy as np
 import torch
+from torch import nn
 
 from virnucpro.device import DTYPES, setup
 from virnucpro.errors import VirnucproError
@@ -38,10 +43,12 @@ from virnucpro.features import (
     FeatureWriter,
     write_features,
 )
-from virnucpro.models.dnabert import DnaBert, DnaTokenizer, dnabert_mean_embeddings, load_dnabert
-from virnucpro.models.esm2 import ESM2, esm2_mean_embeddings, load_esm2, tokenize_protein
+from virnucpro.models.compile import compile_model
+from virnucpro.models.dnabert import DnaBert
 from virnucpro.models.files import sha256
-from virnucpro.paths import fasta_stem
+from virnucpro.models.load import load_dnabert, load_esm2
+from virnucpro.models.tokenizers import PAD_IDX, DnaTokenizer, tokenize_protein
+from virnucpro.paths import CHUNK_SIZE_NOTE, features_file
 from virnucpro.progress import StageProgress
 
 log = logging.getLogger(__name__)
@@ -51,7 +58,7 @@ BatchFn = Callable[[list[list[int]]], torch.Tensor]
 CPU_BATCH_TOKENS = 8192
 # Largest GPU batch, as tokens x hidden width: 65,536 tokens for ESM-2 3B (the budget of all
 # its measurements), 218,453 for DNABERT-S, whose batches are cheap enough that launching
-# them held the GPU back (its model time fell from 0.67 to 0.50 s on the benchmark input).
+# them held the GPU back (larger batches cut its model time; benchmarks/README.md).
 MAX_GPU_BATCH_ACTIVATIONS = 65536 * 2560
 # embed-dna reads and tokenizes its input in chunks of frames, each while the GPU runs the ones
 # before. The first is small, so the GPU starts early; each next one is twice as large (up to
@@ -64,12 +71,17 @@ LARGEST_CHUNK_FRAMES = 32768
 # float16). Batches of one length need many frames to fill: a block holds as many as
 # possible, and a Nextflow shard of the default size (20 Mbp, ~32,000 frames) fits in one.
 ESM_BLOCK_FRAMES = 65536
+# The original VirNucPro averages at most this many residues per protein.
+MEAN_WINDOW = 1024
 # embed-protein refuses input whose every sequence is only these letters (a nucleotide file
 # given by mistake), if it holds at least MIN_NUCLEOTIDE_LETTERS of them: a few short
 # peptides such as 'GA' or 'TAG' are no evidence.
 _NOT_NUCLEOTIDE = re.compile(r"[^ACGTUNacgtun]")
 MIN_NUCLEOTIDE_LETTERS = 100
-_CHUNK_SIZE_FIELD = re.compile(r"(?:^|\s)chunk_size=([0-9]+)(?:\s|$)")
+_CHUNK_SIZE_FIELD = re.compile(
+    r"(?:^|\s)" + CHUNK_SIZE_NOTE.format(chunk_size="([0-9]+)") + r"(?:\s|$)"
+)
+_PRECISION_OF = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def plan_batches(
@@ -79,7 +91,7 @@ def plan_batches(
 
     With ``one_length``, sequences of one length fill batches of their own, which need no
     padding mask (ESM-2's fastest attention kernels take none) and waste no work on padding
-    (DNABERT-S ran 5 % faster on them). What is left of each length when it cannot fill an
+    (DNABERT-S ran faster on them). What is left of each length when it cannot fill an
     eighth of a batch is packed with other lengths, padded: many tiny batches would leave the
     GPU idle between launches. Without it every sequence is packed by length, padded. A
     sequence longer than the budget gets a batch of its own."""
@@ -140,9 +152,9 @@ class Queued:
     def gather(self, dtype: torch.dtype = torch.float32, pinned: bool = False) -> torch.Tensor:
         """Features (rows, dim) on the CPU in input order, as ``dtype``; waits for the device.
         The rows are put in order and converted where they were computed, so from a GPU the
-        host only copies them. ``pinned``: into page-locked memory (a default-size shard's
-        DNABERT-S features, 64 MB: 1.2 ms instead of 40 ms into ordinary memory, H200); the
-        allocator keeps such memory for reuse, so it suits small results."""
+        host only copies them. ``pinned``: into page-locked memory, much faster to copy into than
+        ordinary memory; the allocator keeps such memory for reuse, so it suits small
+        results."""
         if not self.outputs:
             return torch.empty(self.rows, self.dim, dtype=dtype)
         ran = torch.cat([output.to(dtype) for output in self.outputs])
@@ -190,40 +202,65 @@ def default_batch_tokens(device: torch.device, hidden: int) -> int:
     return int(max(1024, min(MAX_GPU_BATCH_ACTIVATIONS // hidden, free // 2 // (hidden * 48))))
 
 
-@dataclass
-class LoadedModel:
-    kind: str  # "dnabert" or "esm2"
-    path: Path
-    model: DnaBert | ESM2
-    tokenizer: DnaTokenizer | None
-    device: torch.device
-    precision: str
-    load_seconds: float
+class Embedder(ABC):
+    """A loaded model with VirNucPro's rules for it: which input it reads, how sequences are
+    tokenized, batched, run and pooled into one feature row each, and in which blocks a file
+    is streamed. One subclass per model."""
+
+    kind: ClassVar[str]  # "dnabert" or "esm2": the features' model_kind
+    label: ClassVar[str]  # for logs and progress
+    stage: ClassVar[str]  # the CLI stage
+    nucleotide: ClassVar[bool]  # reads nucleotide FASTA (else protein)
+    pinned: ClassVar[bool]  # gathered features go to page-locked memory (small results)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        path: Path | None = None,
+        device: torch.device | None = None,
+        precision: str | None = None,
+    ) -> None:
+        self.model = model
+        self.path = Path(path) if path is not None else None
+        parameter = next(model.parameters())
+        self.device = device if device is not None else parameter.device
+        self.precision = precision or _PRECISION_OF.get(parameter.dtype, str(parameter.dtype))
+        self.load_seconds = 0.0
+        self.compiled = False  # set by load_embedder's compile
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path, device: torch.device, precision: str) -> Embedder:
+        """The model at ``path`` on ``device`` in ``precision`` (a key of DTYPES)."""
 
     @property
+    @abstractmethod
     def dim(self) -> int:
-        config = self.model.config
-        return config.hidden_size if self.kind == "dnabert" else config.embed_dim
+        """Features per row."""
+
+    @property
+    @abstractmethod
+    def warm_up_vocab(self) -> int:
+        """warm_up draws token ids from 5 up to (not including) this."""
+
+    @classmethod
+    @abstractmethod
+    def block_sizes(cls) -> Iterator[int]:
+        """Frames per block, block after block, as embed_file streams a file."""
+
+    @abstractmethod
+    def tokenize(self, sequences: list[str]) -> list[list[int]]:
+        """Token ids of each sequence."""
+
+    @abstractmethod
+    def run(self, tokens: list[list[int]]) -> torch.Tensor:
+        """Features (B, dim) of one batch, float32, left on the model's device (the caller can
+        queue more work before waiting)."""
 
     @functools.cached_property
     def model_sha256(self) -> str:
         """The model files' checksum, for the record in each output (computed once)."""
         return sha256(self.path)
-
-    @property
-    def label(self) -> str:
-        return "DNABERT-S" if self.kind == "dnabert" else "ESM-2"
-
-    def tokenize(self, sequences: list[str]) -> list[list[int]]:
-        if self.tokenizer is not None:
-            return self.tokenizer.encode_batch(sequences)
-        return [tokenize_protein(s) for s in sequences]
-
-    def run(self, tokens: list[list[int]]) -> torch.Tensor:
-        """Features of one batch, left on the model's device."""
-        if self.tokenizer is not None:
-            return dnabert_mean_embeddings(self.model, tokens, self.tokenizer.pad_id, False)
-        return esm2_mean_embeddings(self.model, tokens, to_cpu=False)
 
     def queue(
         self, tokens: list[list[int]], batch_tokens: int, progress: StageProgress | None = None
@@ -233,58 +270,167 @@ class LoadedModel:
         return queue_tokens(tokens, self.run, self.dim, batch_tokens, progress)
 
 
-def warm_up(loaded: LoadedModel) -> None:
+def _pad(token_batch: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The token ids as one (B, longest) array padded with pad_id, and their lengths."""
+    lengths = np.array([len(ids) for ids in token_batch])
+    padded = np.full((len(token_batch), lengths.max()), pad_id, dtype=np.int64)
+    for row, ids in zip(padded, token_batch, strict=True):
+        row[: len(ids)] = ids
+    return padded, lengths
+
+
+def _to_device(device: torch.device, *host: torch.Tensor) -> list[torch.Tensor]:
+    if device.type == "cuda":
+        # pinned and non-blocking: the host goes on to the next batch while this one runs
+        # (a copy from ordinary memory would wait for the GPU to finish its queue)
+        host = tuple(tensor.pin_memory() for tensor in host)
+    return [tensor.to(device, non_blocking=True) for tensor in host]
+
+
+class DnaBertEmbedder(Embedder):
+    """DNABERT-S on nucleotide frames: the mean of the last hidden state over every real token,
+    [CLS] and [SEP] included (VirNucPro's rule)."""
+
+    kind, label, stage = "dnabert", "DNABERT-S", "embed-dna"
+    nucleotide = True
+    pinned = True  # the copy is on the critical path, and DNABERT-S features are small
+
+    def __init__(
+        self,
+        model: DnaBert,
+        tokenizer: DnaTokenizer,
+        path: Path | None = None,
+        device: torch.device | None = None,
+        precision: str | None = None,
+    ) -> None:
+        super().__init__(model, path, device, precision)
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device, precision: str) -> DnaBertEmbedder:
+        model, tokenizer = load_dnabert(path, device, DTYPES[precision])
+        return cls(model, tokenizer, path, device, precision)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def warm_up_vocab(self) -> int:
+        return self.model.config.vocab_size
+
+    @classmethod
+    def block_sizes(cls) -> Iterator[int]:
+        size = FIRST_CHUNK_FRAMES
+        while True:
+            yield size
+            size = min(2 * size, LARGEST_CHUNK_FRAMES)
+
+    def tokenize(self, sequences: list[str]) -> list[list[int]]:
+        return self.tokenizer.encode_batch(sequences)
+
+    def run(self, tokens: list[list[int]]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        input_ids, lengths = _pad(tokens, self.tokenizer.pad_id)
+        mask = np.arange(lengths.max())[None, :] < lengths[:, None]
+        # every tensor made in inference mode, whoever calls: with --compile, a CPU batch's
+        # tensors (no copy to a device) would otherwise compile the encoder a second time
+        with torch.inference_mode():
+            ids, keep = _to_device(device, torch.from_numpy(input_ids), torch.from_numpy(mask))
+            hidden = self.model(ids, keep, padded=bool(lengths.min() != lengths.max()))
+            weights = (keep / keep.sum(1, keepdim=True)).float()
+            return torch.bmm(weights[:, None, :], hidden.float()).squeeze(1)
+
+
+class Esm2Embedder(Embedder):
+    """ESM-2 on protein frames: per protein, the mean last-layer representation over residues
+    1..min(L, 1024), BOS and EOS excluded. The model sees the whole sequence; the 1024 limit
+    applies to the mean only (the original VirNucPro rule)."""
+
+    kind, label, stage = "esm2", "ESM-2", "embed-protein"
+    nucleotide = False
+    pinned = False
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device, precision: str) -> Esm2Embedder:
+        # from the ready-to-load copy `models prepare` made, if there is one
+        return cls(load_esm2(path, device, DTYPES[precision]), path, device, precision)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.embed_dim
+
+    @property
+    def warm_up_vocab(self) -> int:
+        return 24  # residue letters only
+
+    @classmethod
+    def block_sizes(cls) -> Iterator[int]:
+        while True:
+            yield ESM_BLOCK_FRAMES
+
+    def tokenize(self, sequences: list[str]) -> list[list[int]]:
+        return [tokenize_protein(s) for s in sequences]
+
+    def run(self, tokens: list[list[int]]) -> torch.Tensor:
+        device = self.model.embed_tokens.weight.device
+        padded, lengths = _pad(tokens, PAD_IDX)
+        if lengths.min() < 3:
+            raise ValueError("every token list needs BOS, at least one residue and EOS")
+        with torch.inference_mode():
+            (ids,) = _to_device(device, torch.from_numpy(padded))
+            hidden = self.model(ids, bool(lengths.min() != lengths.max()))
+            # mean weights made on the device, from the tokens: no other copy to the GPU
+            window = (ids.ne(PAD_IDX).sum(1, keepdim=True) - 2).clamp(max=MEAN_WINDOW)
+            positions = torch.arange(padded.shape[1], device=device)
+            weights = ((positions >= 1) & (positions <= window)) / window
+            # weighted sum in float32: (B, 1, T) @ (B, T, D)
+            return torch.bmm(weights.float()[:, None, :], hidden.float()).squeeze(1)
+
+
+EMBEDDERS: dict[str, type[Embedder]] = {"dnabert": DnaBertEmbedder, "esm2": Esm2Embedder}
+
+
+def warm_up(embedder: Embedder) -> None:
     """Run what --compile compiles once, at realistic sizes (the compiler picks its kernel
     settings from the first shapes it sees), with and without padding. The length is a prime
     and the row count odd: a size equal to a model dimension would be tied to it by the
     compiler, and a later batch without that coincidence would compile again."""
     length = 131
     # about a full batch, as most batches are
-    rows = max(61, default_batch_tokens(loaded.device, loaded.dim) // length) | 1
-    vocab = loaded.model.config.vocab_size if loaded.kind == "dnabert" else 24
+    rows = max(61, default_batch_tokens(embedder.device, embedder.dim) // length) | 1
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, vocab, (rows, length), generator=gen).tolist()
+    ids = torch.randint(5, embedder.warm_up_vocab, (rows, length), generator=gen).tolist()
     ragged = [row[: length - i % 7] for i, row in enumerate(ids)]
     with torch.inference_mode():
         for batch in (ids, ragged):
-            loaded.run(batch).cpu()
+            embedder.run(batch).cpu()
 
 
-def load_model(
+def load_embedder(
     kind: str, path: Path, device: str = "auto", precision: str = "auto", compile: bool = False
-) -> LoadedModel:
-    """Load a model for embedding. ``compile``: the transformer layers through torch.compile,
-    warmed up here, so the load time includes the compile."""
+) -> Embedder:
+    """Load a model for embedding: "dnabert" (a DNABERT-S directory) or "esm2" (an ESM-2
+    checkpoint, from the ready-to-load copy `models prepare` made, if there is one).
+    ``compile``: the model's compiled parts through torch.compile (models/compile.py), warmed
+    up here, so the load time includes the compile."""
+    if kind not in EMBEDDERS:
+        raise ValueError(f"unknown model kind {kind!r}")
     dev, prec = setup(device, precision)
     started = time.perf_counter()
-    if kind == "dnabert":
-        model, tokenizer = load_dnabert(path, dev, DTYPES[prec])
-    else:
-        # from the ready-to-load copy `models prepare` made, if there is one
-        model, tokenizer = load_esm2(path, dev, DTYPES[prec]), None
-    loaded = LoadedModel(kind, Path(path), model, tokenizer, dev, prec, 0.0)
+    embedder = EMBEDDERS[kind].load(path, dev, prec)
     if compile:
-        model.compiled = True
-        warm_up(loaded)
+        compile_model(embedder.model)
+        embedder.compiled = True
+        warm_up(embedder)
     # The model, and with compile the compiler's state, live as long as the process: frozen,
-    # they are no longer walked by every full garbage collection (~465,000 objects after a
-    # DNABERT-S compile; such a collection stopped every thread for 210-360 ms mid-run).
+    # they are no longer walked by every full garbage collection (a compiled model leaves a
+    # great many tracked objects, and such a collection stops every thread mid-run).
     gc.collect()
     gc.freeze()
-    loaded.load_seconds = time.perf_counter() - started
-    log.info("%s loaded from %s in %.1f s", kind, path, loaded.load_seconds)
-    return loaded
-
-
-OUTPUT_SUFFIX = {"dnabert": ".dnabert.safetensors", "esm2": ".esm2.safetensors"}
-INPUT_SUFFIX = {"dnabert": ".nucleotide.fa", "esm2": ".protein.faa"}
-
-
-def output_path(kind: str, input_path: Path, outdir: Path) -> Path:
-    name = Path(input_path).name
-    suffix = INPUT_SUFFIX[kind]
-    prefix = name[: -len(suffix)] if name.endswith(suffix) else fasta_stem(input_path)
-    return Path(outdir) / f"{prefix}{OUTPUT_SUFFIX[kind]}"
+    embedder.load_seconds = time.perf_counter() - started
+    log.info("%s loaded from %s in %.1f s", kind, path, embedder.load_seconds)
+    return embedder
 
 
 def prepared_chunk_size(path: Path) -> int | None:
@@ -301,7 +447,7 @@ def check_output(kind: str, input_path: Path, outdir: Path) -> Path:
     the output directory is a directory (or can be made) and writable, and the output path
     is not a directory. Creates nothing (a failed check leaves no empty directory)."""
     outdir = Path(outdir)
-    out = output_path(kind, input_path, outdir)
+    out = features_file(kind, input_path, outdir)
     existing = outdir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -338,105 +484,42 @@ def check_input(kind: str, input_path: Path, allow_nucleotide_letters: bool = Fa
     """Read the input's first block of frames as embedding will (no model needed): a missing,
     empty or malformed file, or a nucleotide file given to embed-protein, is an error before
     a model is loaded. embed_file makes the same checks on the same block."""
-    size = FIRST_CHUNK_FRAMES if kind == "dnabert" else ESM_BLOCK_FRAMES
-    records = read_fasta(Path(input_path), nucleotide=kind == "dnabert", allow_empty=True)
+    embedder = EMBEDDERS[kind]
+    size = next(embedder.block_sizes())
+    records = read_fasta(Path(input_path), nucleotide=embedder.nucleotide, allow_empty=True)
     block = [r.sequence for r in itertools.islice(records, size)]
-    if kind == "esm2" and not allow_nucleotide_letters:
+    if not embedder.nucleotide and not allow_nucleotide_letters:
         _refuse_nucleotide(Path(input_path), block)
 
 
-@dataclass
-class Frames:
-    """Frames of a prepared file, read and tokenized: what the GPU needs."""
-
-    path: Path
-    ids: list[str]
-    tokens: list[list[int]]
-    read_seconds: float
-    chunk_size: int | None = None  # from the prepared file's headers, if written there
-
-
-def read_frames(loaded: LoadedModel, input_path: Path) -> Frames:
-    """Read and tokenize a prepared file; an empty one (no frame kept) gives no frames."""
-    started = time.perf_counter()
-    nucleotide = loaded.kind == "dnabert"
-    records = list(read_fasta(Path(input_path), nucleotide=nucleotide, allow_empty=True))
-    tokens = loaded.tokenize([r.sequence for r in records])
-    return Frames(Path(input_path), [r.id for r in records], tokens,
-                  time.perf_counter() - started, prepared_chunk_size(input_path))  # fmt: skip
-
-
-def embed_frames(
-    loaded: LoadedModel,
-    frames: Frames,
-    batch_tokens: int,
-    show_progress: bool = True,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Features of the frames, as ``dtype`` on the CPU."""
-    name = f"{loaded.label} {frames.path.name}"
-    with StageProgress(name, len(frames.tokens), "frames", show_progress) as progress:
-        return loaded.queue(frames.tokens, batch_tokens, progress).gather(dtype)
-
-
-def provenance(loaded: LoadedModel, chunk_size: int | None, feature_dtype: str) -> dict[str, str]:
+def provenance(embedder: Embedder, chunk_size: int | None, feature_dtype: str) -> dict[str, str]:
     """What made a feature file, in its metadata: classify compares the two files' records."""
     return {
-        KIND: loaded.kind,
-        MODEL_SHA256: loaded.model_sha256,
-        PRECISION: loaded.precision,
+        KIND: embedder.kind,
+        MODEL_SHA256: embedder.model_sha256,
+        PRECISION: embedder.precision,
         FEATURE_DTYPE: feature_dtype,
         CHUNK_SIZE: str(chunk_size) if chunk_size else UNKNOWN,
     }
 
 
-def _info(loaded: LoadedModel, batch_tokens: int, frames: int, tokens: int,
+def _info(embedder: Embedder, batch_tokens: int, frames: int, tokens: int,
           read_seconds: float, embed_seconds: float) -> dict:  # fmt: skip
     return {
-        "stage": f"embed-{'dna' if loaded.kind == 'dnabert' else 'protein'}",
-        "model": str(loaded.path),
-        "model_sha256": loaded.model_sha256,
-        "device": str(loaded.device),
-        "precision": loaded.precision,
-        "compiled": loaded.model.compiled,
+        "stage": embedder.stage,
+        "model": str(embedder.path),
+        "model_sha256": embedder.model_sha256,
+        "device": str(embedder.device),
+        "precision": embedder.precision,
+        "compiled": embedder.compiled,
         "batch_tokens": batch_tokens,
         "frames": frames,
         "tokens": tokens,
-        "load_seconds": round(loaded.load_seconds, 3),
+        "load_seconds": round(embedder.load_seconds, 3),
         "read_seconds": round(read_seconds, 3),
         "embed_seconds": round(embed_seconds, 3),
         "seconds": round(read_seconds + embed_seconds, 3),  # writing excluded
     }
-
-
-def _log_written(loaded: LoadedModel, frames: int, tokens: int, seconds: float, out: Path) -> None:
-    log.info(
-        "%s: %d frames, %d tokens in %.1f s (%.0f tokens/s) -> %s",
-        loaded.label, frames, tokens, seconds, tokens / max(seconds, 1e-9), out,
-    )  # fmt: skip
-
-
-def write_frames(
-    loaded: LoadedModel,
-    frames: Frames,
-    features: torch.Tensor,
-    batch_tokens: int,
-    embed_seconds: float,
-    outdir: Path,
-    feature_dtype: str = "float16",
-) -> Path:
-    """Write the features with their IDs and a record of the run; returns the file."""
-    started = time.perf_counter()
-    tokens = sum(len(t) for t in frames.tokens)
-    info = _info(loaded, batch_tokens, len(frames.ids), tokens, frames.read_seconds,
-                 embed_seconds)  # fmt: skip
-    out = output_path(loaded.kind, frames.path, outdir)
-    Path(outdir).mkdir(parents=True, exist_ok=True)
-    metadata = {**provenance(loaded, frames.chunk_size, feature_dtype), "info": json.dumps(info)}
-    write_features(out, frames.ids, features, metadata, dtype=feature_dtype)
-    seconds = frames.read_seconds + embed_seconds + time.perf_counter() - started
-    _log_written(loaded, len(frames.ids), tokens, seconds, out)
-    return out
 
 
 @dataclass
@@ -451,7 +534,7 @@ class Streamed:
 
 
 def embed_stream(
-    loaded: LoadedModel,
+    embedder: Embedder,
     input_path: Path,
     batch_tokens: int,
     write: Callable[[list[str], torch.Tensor], None],
@@ -459,48 +542,43 @@ def embed_stream(
     dtype: torch.dtype = torch.float32,
     allow_nucleotide_letters: bool = False,
 ) -> Streamed:
-    """Embed a prepared file block by block, handing each block's IDs and features (as
-    ``dtype``, in file order) to ``write`` as it is done: memory holds a few blocks, never
-    the file. A second thread reads and tokenizes the next block (DNABERT-S's tokenizer runs
-    in Rust, without the interpreter lock) while this one queues the last block's batches;
-    the block before is gathered and written while the device runs those.
-
-    Blocks: for DNABERT-S, FIRST_CHUNK_FRAMES doubling up to LARGEST_CHUNK_FRAMES, so the GPU
-    starts early; for ESM-2, ESM_BLOCK_FRAMES (batches of one length need many frames). A
-    file within one block gets exactly the batches of a whole-file pass. For ESM-2 the first
-    block is checked not to be nucleotides (unless ``allow_nucleotide_letters``)."""
+    """Embed a prepared file block by block (the embedder's block_sizes), handing each block's
+    IDs and features (as ``dtype``, in file order) to ``write`` as it is done: memory holds a
+    few blocks, never the file. A second thread reads and tokenizes the next block (DNABERT-S's
+    tokenizer runs in Rust, without the interpreter lock) while this one queues the last
+    block's batches; the block before is gathered and written while the device runs those.
+    A file within one block gets exactly the batches of a whole-file pass. For protein input
+    the first block is checked not to be nucleotides (unless ``allow_nucleotide_letters``)."""
     started = time.perf_counter()
     path = Path(input_path)
-    dnabert = loaded.kind == "dnabert"
-    records = read_fasta(path, nucleotide=dnabert, allow_empty=True)
-    check = not dnabert and not allow_nucleotide_letters
+    records = read_fasta(path, nucleotide=embedder.nucleotide, allow_empty=True)
+    check = not embedder.nucleotide and not allow_nucleotide_letters
 
     def next_block(size: int, first: bool) -> tuple[list[str], list[list[int]]]:
         block = list(itertools.islice(records, size))
         sequences = [r.sequence for r in block]
         if first and check:
             _refuse_nucleotide(path, sequences)
-        return [r.id for r in block], loaded.tokenize(sequences)
+        return [r.id for r in block], embedder.tokenize(sequences)
 
     done = Streamed()
     read_seconds: float | None = None
 
     def flush(ids: list[str], queued: Queued) -> None:
-        # pinned: the copy is on the critical path, and DNABERT-S features are small
-        features = queued.gather(dtype, pinned=dnabert)
+        features = queued.gather(dtype, pinned=embedder.pinned)
         began = time.perf_counter()
         write(ids, features)
         done.write_seconds += time.perf_counter() - began
 
-    name = f"{loaded.label} {path.name}"
+    name = f"{embedder.label} {path.name}"
+    sizes = embedder.block_sizes()
     with (
         StageProgress(
             name, count_records(path) if show_progress else None, "frames", show_progress
         ) as progress,  # fmt: skip
         ThreadPoolExecutor(1) as reader,
     ):
-        size = FIRST_CHUNK_FRAMES if dnabert else ESM_BLOCK_FRAMES
-        pending = reader.submit(next_block, size, True)
+        pending = reader.submit(next_block, next(sizes), True)
         in_flight: tuple[list[str], Queued] | None = None
         while True:
             ids, tokens = pending.result()
@@ -508,10 +586,8 @@ def embed_stream(
                 read_seconds = time.perf_counter() - started
             if not ids:
                 break
-            if dnabert:
-                size = min(2 * size, LARGEST_CHUNK_FRAMES)
-            pending = reader.submit(next_block, size, False)
-            queued = loaded.queue(tokens, batch_tokens, progress)
+            pending = reader.submit(next_block, next(sizes), False)
+            queued = embedder.queue(tokens, batch_tokens, progress)
             done.frames += len(ids)
             done.tokens += sum(len(t) for t in tokens)
             del tokens
@@ -529,8 +605,8 @@ def embed_stream(
 def collector_paused() -> Iterator[None]:
     """No cyclic garbage collection in the block. Embedding creates many short-lived
     containers (records, token lists) and almost no cycles, yet they trigger collection
-    after collection, and each stops every thread, the one queuing GPU batches included:
-    100-150 ms of a 2.8 s DNABERT-S pass on the H200 even with the models frozen."""
+    after collection, and each stops every thread, the one queuing GPU batches included
+    (a noticeable share of a DNABERT-S pass, even with the models frozen)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -541,7 +617,7 @@ def collector_paused() -> Iterator[None]:
 
 
 def embed_file(
-    loaded: LoadedModel,
+    embedder: Embedder,
     input_path: Path,
     outdir: Path,
     batch_tokens: int | None = None,
@@ -559,12 +635,12 @@ def embed_file(
     # The frames are freed when _embed_and_write returns, before the collector resumes: a
     # collection would otherwise walk every record and token list of a block once more.
     with collector_paused():
-        return _embed_and_write(loaded, input_path, outdir, batch_tokens, feature_dtype,
+        return _embed_and_write(embedder, input_path, outdir, batch_tokens, feature_dtype,
                                 show_progress, allow_nucleotide_letters)  # fmt: skip
 
 
 def _embed_and_write(
-    loaded: LoadedModel,
+    embedder: Embedder,
     input_path: Path,
     outdir: Path,
     batch_tokens: int | None,
@@ -572,21 +648,77 @@ def _embed_and_write(
     show_progress: bool,
     allow_nucleotide_letters: bool,
 ) -> Path:
-    out = check_output(loaded.kind, input_path, outdir)
+    out = check_output(embedder.kind, input_path, outdir)
     chunk_size = prepared_chunk_size(input_path)  # also: the input can be read
     try:
         Path(outdir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise VirnucproError(f"{outdir}: cannot make the output directory ({e.strerror})") from None
-    budget = batch_tokens or default_batch_tokens(loaded.device, loaded.dim)
-    metadata = provenance(loaded, chunk_size, feature_dtype)
-    with FeatureWriter(out, loaded.dim, feature_dtype, metadata) as writer:
-        done = embed_stream(loaded, input_path, budget, writer.append, show_progress,
+    budget = batch_tokens or default_batch_tokens(embedder.device, embedder.dim)
+    metadata = provenance(embedder, chunk_size, feature_dtype)
+    with FeatureWriter(out, embedder.dim, feature_dtype, metadata) as writer:
+        done = embed_stream(embedder, input_path, budget, writer.append, show_progress,
                             FEATURE_DTYPES[feature_dtype], allow_nucleotide_letters)  # fmt: skip
-        info = _info(loaded, budget, done.frames, done.tokens, done.read_seconds,
+        info = _info(embedder, budget, done.frames, done.tokens, done.read_seconds,
                      done.embed_seconds)  # fmt: skip
         began = time.perf_counter()
         writer.finish({"info": json.dumps(info)})
     seconds = done.read_seconds + done.embed_seconds + done.write_seconds
-    _log_written(loaded, done.frames, done.tokens, seconds + time.perf_counter() - began, out)
+    _log_written(embedder, done.frames, done.tokens, seconds + time.perf_counter() - began, out)
+    return out
+
+
+def _log_written(embedder: Embedder, frames: int, tokens: int, seconds: float, out: Path) -> None:
+    log.info(
+        "%s: %d frames, %d tokens in %.1f s (%.0f tokens/s) -> %s",
+        embedder.label, frames, tokens, seconds, tokens / max(seconds, 1e-9), out,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# Only for runner.py's current worker loop, which reads a whole shard before embedding it;
+# delete with that loop (its rewrite calls embed_file). Not a stage entry point.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Frames:
+    """Frames of a prepared file, read and tokenized."""
+
+    path: Path
+    ids: list[str]
+    tokens: list[list[int]]
+    read_seconds: float
+    chunk_size: int | None = None  # from the prepared file's headers, if written there
+
+
+def read_frames(embedder: Embedder, input_path: Path) -> Frames:
+    """Read and tokenize a whole prepared file; an empty one (no frame kept) gives no frames."""
+    started = time.perf_counter()
+    records = list(read_fasta(Path(input_path), nucleotide=embedder.nucleotide, allow_empty=True))
+    tokens = embedder.tokenize([r.sequence for r in records])
+    return Frames(Path(input_path), [r.id for r in records], tokens,
+                  time.perf_counter() - started, prepared_chunk_size(input_path))  # fmt: skip
+
+
+def write_frames(
+    embedder: Embedder,
+    frames: Frames,
+    features: torch.Tensor,
+    batch_tokens: int,
+    embed_seconds: float,
+    outdir: Path,
+    feature_dtype: str = "float16",
+) -> Path:
+    """Write the features of read_frames' frames with their IDs and a record of the run."""
+    started = time.perf_counter()
+    tokens = sum(len(t) for t in frames.tokens)
+    info = _info(embedder, batch_tokens, len(frames.ids), tokens, frames.read_seconds,
+                 embed_seconds)  # fmt: skip
+    out = features_file(embedder.kind, frames.path, outdir)
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    metadata = {**provenance(embedder, frames.chunk_size, feature_dtype), "info": json.dumps(info)}
+    write_features(out, frames.ids, features, metadata, dtype=feature_dtype)
+    seconds = frames.read_seconds + embed_seconds + time.perf_counter() - started
+    _log_written(embedder, len(frames.ids), tokens, seconds, out)
     return out

@@ -89,7 +89,7 @@ def read_fasta(path: Path, nucleotide: bool = True, allow_empty: bool = False) -
                             f"{path}: not FASTA (line {line_number} comes before any '>' header)"
                         )
                 else:
-                    parts.append("".join(line.split()))  # whitespace removed; 15x faster than re
+                    parts.append("".join(line.split()))  # whitespace removed; much faster than re
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
         raise VirnucproError(f"{path}: cannot read ({e})") from None
     if header is None:

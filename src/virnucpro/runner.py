@@ -209,7 +209,7 @@ def _work(
     from virnucpro.embed import (
         collector_paused,
         default_batch_tokens,
-        load_model,
+        load_embedder,
         read_frames,
         write_frames,
     )
@@ -277,8 +277,8 @@ def _work(
         classifier = load_classifier(classifier_path)
         # --compile is ESM-2's (~95 % of the GPU time): DNABERT-S's whole-encoder compile
         # costs 20-40 s per worker and pays back only past ~1 Gbp per GPU (docs/usage.md)
-        dna = load_model("dnabert", dna_path, device, config.precision)
-        esm = load_model("esm2", esm_path, device, config.precision, compile=config.compile)
+        dna = load_embedder("dnabert", dna_path, device, config.precision)
+        esm = load_embedder("esm2", esm_path, device, config.precision, compile=config.compile)
         if config.model_digests:
             esm.model_sha256, dna.model_sha256 = config.model_digests
         if dna.dim + esm.dim != classifier.input_dim:

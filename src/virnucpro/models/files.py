@@ -1,4 +1,4 @@
-"""The models directory: its layout, demo models, downloads and checksums.
+"""The models directory: its layout, downloads, checksums and `models prepare`.
 
 Layout of a models directory (``--models DIR``)::
 
@@ -24,15 +24,21 @@ from pathlib import Path
 from virnucpro.errors import VirnucproError
 from virnucpro.fileio import atomic_writer, stamp
 from virnucpro.fileio import sha256 as file_sha256
-from virnucpro.models.classifier import MLPClassifier, convert_classifier, write_classifier
-from virnucpro.models.dnabert import DnaBertConfig, write_demo_dnabert
-from virnucpro.models.esm2 import write_cache as write_esm2_cache
-from virnucpro.models.esm2 import write_demo_esm2
+from virnucpro.models.classifier import convert_classifier
+from virnucpro.models.load import write_cache as write_esm2_cache
+from virnucpro.paths import (
+    CLASSIFIER_GLOB,
+    DNABERT_DIRNAME,
+    ESM2_FILE,
+    ESM2_GLOB,
+    FETCH_MANIFEST,
+    checksum_sidecar,
+    classifier_name,
+)
 
 log = logging.getLogger("virnucpro")
 
 MODELS_ENV = "VIRNUCPRO_MODELS"
-DNABERT_DIRNAME = "dnabert-s"
 
 # Pinned sources of `models fetch`: fixed revisions, and what each file must hash to. Only
 # values found in a public source are pinned (named beside each); docs/models.md lists them.
@@ -79,15 +85,10 @@ CLASSIFIER_GIT_BLOBS = {
     300: "a0b5b85e7c1e44f00cde146d091beb82b2c8e855",
     500: "fc35d5ef9f1f4564eea7036f34f4f8ec6000d33d",
 }
-FETCH_MANIFEST = ".fetch.json"
 
 
 def default_models_dir() -> Path:
     return Path(os.environ.get(MODELS_ENV) or Path.home() / ".cache" / "virnucpro" / "models")
-
-
-def classifier_name(chunk_size: int) -> str:
-    return f"classifier_{chunk_size}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,10 @@ class ModelPaths:
 
 
 def _find_esm2(directory: Path) -> Path | None:
-    if (directory / "esm2.pt").is_file():
-        return directory / "esm2.pt"
+    if (directory / ESM2_FILE).is_file():
+        return directory / ESM2_FILE
     found = sorted(
-        p for p in directory.glob("esm2_*.pt") if not p.stem.endswith("-contact-regression")
+        p for p in directory.glob(ESM2_GLOB) if not p.stem.endswith("-contact-regression")
     )
     return found[0] if found else None
 
@@ -155,15 +156,9 @@ def resolve_models(
     return ModelPaths(**resolved)
 
 
-def sidecar_path(path: Path) -> Path:
-    """Where `models prepare` keeps a model's checksum: beside its path (beside a symlink,
-    not its target), hidden."""
-    return path.with_name(f".{path.name}.sha256")
-
-
 def _read_sidecar(path: Path) -> str | None:
     try:
-        recorded, _, digest = sidecar_path(path).read_text().strip().rpartition(" ")
+        recorded, _, digest = checksum_sidecar(path).read_text().strip().rpartition(" ")
         return digest if recorded == stamp(path) and len(digest) == 64 else None
     except OSError:
         return None
@@ -185,7 +180,7 @@ def write_sha256_sidecar(path: Path) -> str:
         return digest
     version = stamp(path)  # before hashing: a file changed meanwhile is then hashed again
     digest = file_sha256(path)
-    with atomic_writer(sidecar_path(path)) as out:
+    with atomic_writer(checksum_sidecar(path)) as out:
         out.write(f"{version} {digest}\n")
     return digest
 
@@ -236,7 +231,7 @@ def prepare_models(models_dir: Path, outdir: Path | None = None, precision: str 
     elif not os.access(source, os.W_OK):
         raise VirnucproError(f"{source}: not writable (--outdir DIR prepares a linked copy)")
     esm2 = _find_esm2(target)
-    models = [esm2, target / DNABERT_DIRNAME, *sorted(target.glob("classifier_*.safetensors"))]
+    models = [esm2, target / DNABERT_DIRNAME, *sorted(target.glob(CLASSIFIER_GLOB))]
     models = [path for path in models if path is not None and path.exists()]
     if not models:
         raise VirnucproError(f"{source}: no model files (docs/models.md gives the layout)")
@@ -245,25 +240,6 @@ def prepare_models(models_dir: Path, outdir: Path | None = None, precision: str 
     if esm2 is not None:
         write_esm2_cache(esm2, DTYPES[precision])
     return target
-
-
-def write_demo_models(directory: Path, seed: int = 0) -> None:
-    """Tiny seeded random-weight models in the real formats. Their scores mean nothing."""
-    import torch
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_demo_esm2(directory / "esm2.pt", seed=seed)
-    write_demo_dnabert(directory / DNABERT_DIRNAME, seed=seed)
-    dna_dim = DnaBertConfig.from_json(directory / DNABERT_DIRNAME / "config.json").hidden_size
-    esm_dim = 64  # write_demo_esm2's default embed_dim
-    for offset, size in enumerate((300, 500)):
-        torch.manual_seed(seed + 1 + offset)
-        model = MLPClassifier(dna_dim + esm_dim).eval()
-        with torch.no_grad():  # non-trivial batch-norm statistics, as a trained model has
-            model.bn1.running_mean.normal_(0, 0.1)
-            model.bn1.running_var.uniform_(0.5, 1.5)
-        write_classifier(model, directory / classifier_name(size))
 
 
 @dataclass(frozen=True)
@@ -303,7 +279,7 @@ def remotes() -> list[Remote]:
 def _write_file_sidecar(path: Path, digest: str) -> None:
     """The sidecar `models prepare` reads (``.NAME.sha256``), from a digest just computed while
     downloading, so that a 6 GB file is not hashed again."""
-    with atomic_writer(sidecar_path(path)) as out:
+    with atomic_writer(checksum_sidecar(path)) as out:
         out.write(f"{stamp(path)} {digest}\n")
 
 
