@@ -1,9 +1,10 @@
 """predict with several workers: same answer for any worker count, failures isolated and
 reported, dead workers replaced, --resume reuses only matching finished shards.
 
-The failure and crash cases use two test hooks of virnucpro.runner: VIRNUCPRO_TEST_FAIL
-("shard_00002:embed-dna" makes that shard fail at that stage) and VIRNUCPRO_TEST_CRASH
-("shard_00003" kills the worker holding that shard on its first try).
+The failure and crash cases use the one fault-injection point of virnucpro.runner
+(inject_fault), set by VIRNUCPRO_FAULT: "shard_00002:embed-dna" makes that shard fail at that
+stage (prepare, embed-dna, embed-protein or classify); "shard_00003:crash" kills the worker
+holding that shard on its first try, right after it reported the shard launched.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def test_same_files_for_any_worker_count(demo, clean, tmp_path, workers):
 def test_failed_shard_is_reported_and_resume_completes_it(demo, clean, tmp_path):
     out = tmp_path / "out"
     failed = predict(demo, out, "--workers", "2",
-                     env={"VIRNUCPRO_TEST_FAIL": "shard_00002:embed-dna"})  # fmt: skip
+                     env={"VIRNUCPRO_FAULT": "shard_00002:embed-dna"})  # fmt: skip
     assert failed.returncode == 3, failed.stderr
     assert "1 of 7 shard(s) failed" in failed.stderr
     assert "Traceback" not in failed.stderr
@@ -99,7 +100,7 @@ def test_failed_shard_is_reported_and_resume_completes_it(demo, clean, tmp_path)
 
 def test_dead_worker_is_replaced_and_its_shard_retried(demo, clean, tmp_path):
     result = predict(demo, tmp_path / "out", "--workers", "2",
-                     env={"VIRNUCPRO_TEST_CRASH": "shard_00003"})  # fmt: skip
+                     env={"VIRNUCPRO_FAULT": "shard_00003:crash"})  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert results(tmp_path / "out") == clean
 
@@ -174,7 +175,7 @@ def test_resume_never_mixes_files_of_an_interrupted_rerun(demo, clean, tmp_path)
     out = tmp_path / "out"
     assert predict(demo, out, "--workers", "1", "--keep-intermediate").returncode == 0
     other = predict(demo, out, "--workers", "1", "--resume", "--chunk-size", "300",
-                    env={"VIRNUCPRO_TEST_FAIL": "shard_00001:embed-dna"})  # fmt: skip
+                    env={"VIRNUCPRO_FAULT": "shard_00001:embed-dna"})  # fmt: skip
     assert other.returncode == 3, other.stderr
     again = predict(demo, out, "--workers", "1", "--resume")
     assert again.returncode == 0, again.stderr
@@ -186,7 +187,7 @@ def test_every_shard_failed_writes_no_results(demo, tmp_path):
     out = tmp_path / "out"
     command = [str(VIRNUCPRO), "-q", "predict", str(EXAMPLE), "--models", str(demo), "--outdir",
                str(out), "--shard-size", "1000000000", "--workers", "1"]  # fmt: skip
-    env = {**os.environ, "VIRNUCPRO_TEST_FAIL": "shard_00001:prepare"}
+    env = {**os.environ, "VIRNUCPRO_FAULT": "shard_00001:prepare"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
@@ -198,7 +199,7 @@ def test_a_resume_in_which_every_shard_failed_says_the_results_are_old(demo, tmp
     base = [str(VIRNUCPRO), "predict", str(EXAMPLE), "--models", str(demo), "--outdir", str(out),
             "--shard-size", "1000000000", "--workers", "1", "--keep-intermediate"]  # fmt: skip
     assert subprocess.run(base, capture_output=True, timeout=600).returncode == 0
-    env = {**os.environ, "VIRNUCPRO_TEST_FAIL": "shard_00001:prepare"}
+    env = {**os.environ, "VIRNUCPRO_FAULT": "shard_00001:prepare"}
     result = subprocess.run([*base, "--resume", "--chunk-size", "300"], capture_output=True,
                             text=True, timeout=600, env=env)  # fmt: skip
     assert result.returncode == 3, result.stderr
@@ -225,7 +226,7 @@ def test_failed_shards_are_reported_in_the_log_file_too(demo, tmp_path):
         "--workers",
         "1",
     ]
-    env = {**os.environ, "VIRNUCPRO_TEST_FAIL": "shard_00001:prepare"}  # fmt: skip
+    env = {**os.environ, "VIRNUCPRO_FAULT": "shard_00001:prepare"}  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 3, result.stderr
     message = (f"1 of 1 shard(s) failed; see {out / 'failed_files.txt'}; rerun the same command "

@@ -41,7 +41,6 @@ from virnucpro.features import (
     PRECISION,
     UNKNOWN,
     FeatureWriter,
-    write_features,
 )
 from virnucpro.models.compile import compile_model
 from virnucpro.models.dnabert import DnaBert
@@ -673,52 +672,3 @@ def _log_written(embedder: Embedder, frames: int, tokens: int, seconds: float, o
         "%s: %d frames, %d tokens in %.1f s (%.0f tokens/s) -> %s",
         embedder.label, frames, tokens, seconds, tokens / max(seconds, 1e-9), out,
     )  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------
-# Only for runner.py's current worker loop, which reads a whole shard before embedding it;
-# delete with that loop (its rewrite calls embed_file). Not a stage entry point.
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Frames:
-    """Frames of a prepared file, read and tokenized."""
-
-    path: Path
-    ids: list[str]
-    tokens: list[list[int]]
-    read_seconds: float
-    chunk_size: int | None = None  # from the prepared file's headers, if written there
-
-
-def read_frames(embedder: Embedder, input_path: Path) -> Frames:
-    """Read and tokenize a whole prepared file; an empty one (no frame kept) gives no frames."""
-    started = time.perf_counter()
-    records = list(read_fasta(Path(input_path), nucleotide=embedder.nucleotide, allow_empty=True))
-    tokens = embedder.tokenize([r.sequence for r in records])
-    return Frames(Path(input_path), [r.id for r in records], tokens,
-                  time.perf_counter() - started, prepared_chunk_size(input_path))  # fmt: skip
-
-
-def write_frames(
-    embedder: Embedder,
-    frames: Frames,
-    features: torch.Tensor,
-    batch_tokens: int,
-    embed_seconds: float,
-    outdir: Path,
-    feature_dtype: str = "float16",
-) -> Path:
-    """Write the features of read_frames' frames with their IDs and a record of the run."""
-    started = time.perf_counter()
-    tokens = sum(len(t) for t in frames.tokens)
-    info = _info(embedder, batch_tokens, len(frames.ids), tokens, frames.read_seconds,
-                 embed_seconds)  # fmt: skip
-    out = features_file(embedder.kind, frames.path, outdir)
-    Path(outdir).mkdir(parents=True, exist_ok=True)
-    metadata = {**provenance(embedder, frames.chunk_size, feature_dtype), "info": json.dumps(info)}
-    write_features(out, frames.ids, features, metadata, dtype=feature_dtype)
-    seconds = frames.read_seconds + embed_seconds + time.perf_counter() - started
-    _log_written(embedder, len(frames.ids), tokens, seconds, out)
-    return out

@@ -2,8 +2,8 @@
 
 The input is split into shards in OUTDIR/virnucpro-work (which checks the whole input before
 any model is loaded). Worker processes, one per GPU (or --workers on the CPU), each load the models
-once and take shards from a queue: prepare (the stage command, in its own process) ->
-embed-dna -> embed-protein -> classify, with the functions the stage commands use.
+once and take shards from a queue: prepare (in a process of the worker's own) -> embed-dna ->
+embed-protein -> classify, with the entry functions the stage commands call (runner.py).
 summarize then writes the outputs. A shard that fails is listed in failed_files.txt and its
 sequences are `unfinished` in the summary; the other shards finish. With --resume, shards
 finished by an earlier run with the same input, models and parameters are reused.
@@ -28,8 +28,17 @@ from virnucpro.device import no_gpu_error, select_device, select_precision
 from virnucpro.errors import VirnucproError
 from virnucpro.fileio import atomic_writer
 from virnucpro.models.files import ModelPaths, sha256
+from virnucpro.paths import (
+    DONE,
+    FAILED_FILES,
+    OWNER_FILE,
+    RESULT_FILES,
+    WORK_DIRNAME,
+    shard_prefix,
+    shard_results,
+)
 from virnucpro.progress import WorkerProgress
-from virnucpro.runner import WorkerConfig, is_finished, run_shards, shard_files
+from virnucpro.runner import ShardOutcome, WorkerConfig, is_finished, run_shards
 from virnucpro.split import split
 from virnucpro.summarize import DEFAULT_THRESHOLD, summarize
 
@@ -38,11 +47,6 @@ log = logging.getLogger(__name__)
 # Smaller than the Nextflow default: here a shard is the unit of work for the queue, so
 # several per GPU keep every GPU busy to the end.
 PREDICT_SHARD_SIZE = 500_000
-FAILED_FILES = "failed_files.txt"
-WORK_DIRNAME = "virnucpro-work"
-OWNER_FILE = "virnucpro-work.json"  # in the work directory: made by predict, and with what
-RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv",
-                "virnucpro_summary.tsv", "run.json", FAILED_FILES)  # fmt: skip
 
 
 @dataclass
@@ -78,6 +82,21 @@ def plan_devices(device: str, gpus: str | None, workers: int | None) -> list[str
     return [str(select_device(device))]
 
 
+@dataclass
+class _Plan:
+    """What a predict run works with, decided before any shard runs."""
+
+    input_path: Path
+    outdir: Path
+    work: Path
+    devices: list[str]
+    threads: int
+    parameters: dict  # what a finished shard must have been made with to be reused
+    earlier: dict | None  # the run that left its intermediates in work, if any
+    created: Path | None  # the topmost directory this run made (removed on a rejected input)
+    started: float
+
+
 def predict(
     input_path: Path,
     outdir: Path,
@@ -98,66 +117,112 @@ def predict(
     threads: int | None = None,
 ) -> PredictResult:
     """Whole pipeline on this machine; returns the outputs and how many shards failed."""
-    import torch
-
-    input_path, outdir = Path(input_path), Path(outdir)
-    work = outdir / WORK_DIRNAME
     started = time.perf_counter()
     devices = plan_devices(device, gpus, workers)
+    options = {"chunk_size": chunk_size, "feature_dtype": feature_dtype, "compile": compile,
+               "precision": precision, "threads": threads}  # fmt: skip
+    plan = _plan(Path(input_path), Path(outdir), models, devices, resume, options, started)
+    shards = _split(plan, shard_size)
+    split_seconds = time.perf_counter() - started
+    log.info("%s: %d shard(s) of about %d bp, %d worker(s) on %s", plan.input_path, len(shards),
+             shard_size, len(plan.devices), ", ".join(sorted(set(plan.devices))))  # fmt: skip
+    run_key = json.dumps(plan.parameters, sort_keys=True)
+    reused = {s for s in shards if resume and is_finished(plan.work, s, run_key)}
+    if resume:
+        log.info("resume: %s", explain_resume(plan.earlier, plan.parameters, len(reused),
+                                              len(shards)))  # fmt: skip
+    digests = plan.parameters["models"]
+    config = WorkerConfig(
+        models=(models.esm2, models.dnabert, models.classifier),
+        chunk_size=chunk_size, precision=precision, work=plan.work,
+        esm_batch_tokens=esm_batch_tokens, dna_batch_tokens=dna_batch_tokens,
+        feature_dtype=feature_dtype, compile=compile, shard_key=run_key,
+        threads=plan.threads, model_digests=(digests[0], digests[1]),
+        log_level=logging.getLogger().getEffectiveLevel(),
+    )  # fmt: skip
+    pending = [s for s in shards if s not in reused]
+    outcomes, ready_seconds, shards_seconds = _run(plan, pending, config)
+    failed = [o for o in outcomes.values() if o.failed_stage]
+    _write_failures(plan.outdir, failed)
+    run_info = {
+        "command": "predict",
+        "input": str(plan.input_path),
+        "parameters": {
+            "shard_size": shard_size, "feature_dtype": feature_dtype,
+            "precision_requested": precision, "device_requested": device,
+            "workers": plan.devices, "threads": config.threads, "compile": compile,
+            "resume": resume,
+        },
+        "shards_reused": len(reused),
+        "shards_failed": len(failed),
+        "shard_seconds": {o.prefix: o.stats for o in outcomes.values() if o.stats},
+    }  # fmt: skip
+    wall = {"split": split_seconds, "workers_ready": ready_seconds, "shards": shards_seconds}
+    paths = _summarize(plan, shards, failed, threshold, run_info, wall)
+    _clean_up(plan, paths, failed, len(shards), keep_work)
+    log.info("virnucpro %s: done in %.1f s", __version__, time.perf_counter() - started)
+    return PredictResult(paths, len(failed), len(shards))
+
+
+def _plan(input_path: Path, outdir: Path, models: ModelPaths, devices: list[str], resume: bool,
+          options: dict, started: float) -> _Plan:  # fmt: skip
+    """The parameters and the state of OUTDIR, checked before anything is written."""
+    import torch
+
     check_outdir(outdir, resume, input_path)
     created = _first_missing(outdir)  # removed again if the input is rejected
-    earlier = _read_owner(work)  # the run that left its intermediates there, if any
-    threads = threads or max(1, (os.cpu_count() or 1) // len(devices))
+    work = outdir / WORK_DIRNAME
+    threads = options["threads"] or max(1, (os.cpu_count() or 1) // len(devices))
     on_cpu = devices[0] == "cpu"
     # What a finished shard must have been made with to be reused by --resume: anything
     # that can change a digit of the results (on the CPU, the thread count does).
     parameters = {
         "virnucpro": __version__,
         "models": [sha256(p) for p in (models.esm2, models.dnabert, models.classifier)],
-        "chunk_size": chunk_size, "feature_dtype": feature_dtype, "compile": compile,
-        "precision": select_precision(torch.device(devices[0]), precision),
+        "chunk_size": options["chunk_size"], "feature_dtype": options["feature_dtype"],
+        "compile": options["compile"],
+        "precision": select_precision(torch.device(devices[0]), options["precision"]),
         "device_type": "cpu" if on_cpu else "cuda", "threads": threads if on_cpu else None,
     }  # fmt: skip
+    return _Plan(input_path, outdir, work, devices, threads, parameters, _read_owner(work),
+                 created, started)  # fmt: skip
+
+
+def _split(plan: _Plan, shard_size: int) -> list[Path]:
+    """The input split into shards in the work directory (which checks the whole input); a
+    rejected input leaves nothing behind."""
+    work = plan.work
     try:
-        if earlier is None:
+        if plan.earlier is None:
             work.mkdir(parents=True, exist_ok=True)
-            _write_owner(work, input_path, parameters)  # ours from the start
-        shards = split(input_path, shard_size, work / "shards")  # checks the whole input
+            _write_owner(work, plan.input_path, plan.parameters)  # ours from the start
+        shards = split(plan.input_path, shard_size, work / "shards")  # checks the whole input
     except VirnucproError:
-        if created is not None:  # a rejected input leaves nothing behind
-            shutil.rmtree(created, ignore_errors=True)
-        elif earlier is None:
+        if plan.created is not None:  # a rejected input leaves nothing behind
+            shutil.rmtree(plan.created, ignore_errors=True)
+        elif plan.earlier is None:
             shutil.rmtree(work, ignore_errors=True)
         raise
-    split_seconds = time.perf_counter() - started
-    _write_owner(work, input_path, parameters)  # what the next --resume compares with
-    log.info("%s: %d shard(s) of about %d bp, %d worker(s) on %s", input_path, len(shards),
-             shard_size, len(devices), ", ".join(sorted(set(devices))))  # fmt: skip
-    run_key = json.dumps(parameters, sort_keys=True)
-    reused = {s for s in shards if resume and is_finished(work, s, run_key)}
-    pending = [s for s in shards if s not in reused]
-    if resume:
-        log.info("resume: %s", explain_resume(earlier, parameters, len(reused), len(shards)))
-    digests = parameters["models"]
-    config = WorkerConfig(
-        models=(models.esm2, models.dnabert, models.classifier),
-        chunk_size=chunk_size, precision=precision, work=work,
-        esm_batch_tokens=esm_batch_tokens, dna_batch_tokens=dna_batch_tokens,
-        feature_dtype=feature_dtype, compile=compile, shard_key=run_key,
-        threads=threads, model_digests=(digests[0], digests[1]),
-        log_level=logging.getLogger().getEffectiveLevel(),
-    )  # fmt: skip
+    _write_owner(work, plan.input_path, plan.parameters)  # what the next --resume compares with
+    return shards
+
+
+def _run(plan: _Plan, pending: list[Path], config: WorkerConfig) -> tuple[dict, float, float]:
+    """The shards through the workers: their outcomes, the seconds until the first worker
+    was ready, the seconds of it all. On an error or Ctrl-C the finished shards are kept
+    (and the run says how to resume), unless there are none and nothing was there before."""
+    work = plan.work
     try:
-        t = time.perf_counter()
+        started = time.perf_counter()
         outcomes, ready_seconds = {}, 0.0
         if pending:
             with WorkerProgress(len(pending)) as progress:
-                outcomes, ready_seconds = run_shards(pending, devices, config, progress)
-        shards_seconds = time.perf_counter() - t
+                outcomes, ready_seconds = run_shards(pending, plan.devices, config, progress)
+        return outcomes, ready_seconds, time.perf_counter() - started
     except BaseException as e:
-        kept = len(list(work.glob("*.done.json")))
-        if not kept and earlier is None:  # nothing worth keeping: leave no trace
-            shutil.rmtree(created or work, ignore_errors=True)
+        kept = len(list(work.glob(f"*{DONE}")))
+        if not kept and plan.earlier is None:  # nothing worth keeping: leave no trace
+            shutil.rmtree(plan.created or work, ignore_errors=True)
             raise
         hint = f"{kept} finished shard(s) kept in {work}; rerun the same command with --resume"
         if isinstance(e, KeyboardInterrupt):
@@ -167,7 +232,9 @@ def predict(
             raise VirnucproError(f"{e} ({hint})") from None
         raise
 
-    failed = [o for o in outcomes.values() if o.failed_stage]
+
+def _write_failures(outdir: Path, failed: list[ShardOutcome]) -> None:
+    """failed_files.txt lists the failed shards; a run without failures removes it."""
     failed_path = outdir / FAILED_FILES
     if failed:
         with atomic_writer(failed_path) as out:
@@ -175,42 +242,35 @@ def predict(
                 out.write(f"{o.shard}|{o.failed_stage}|{o.error}\n")
     else:
         failed_path.unlink(missing_ok=True)
+
+
+def _summarize(plan: _Plan, shards: list[Path], failed: list[ShardOutcome], threshold: float,
+               run_info: dict, wall: dict[str, float]) -> dict[str, Path]:  # fmt: skip
+    """The outputs from every finished shard (none if every shard failed)."""
     failed_shards = {o.shard for o in failed}
     finished = [s for s in shards if s not in failed_shards]
-    files = [f for s in finished for f in shard_files(work, s.name.removesuffix(".fa"))]
-    run_info = {
-        "command": "predict",
-        "input": str(input_path),
-        "parameters": {
-            "shard_size": shard_size, "feature_dtype": feature_dtype,
-            "precision_requested": precision, "device_requested": device,
-            "workers": devices, "threads": config.threads, "compile": compile,
-            "resume": resume,
-        },
-        "shards_reused": len(reused),
-        "shards_failed": len(failed),
-        "shard_seconds": {o.prefix: o.stats for o in outcomes.values() if o.stats},
-    }  # fmt: skip
-    paths: dict[str, Path] = {}
-    if finished:  # with every shard failed there is nothing to summarize
-        paths = summarize(files, outdir, threshold, run_info, [o.shard for o in failed])
-        _add_wall_times(paths["run"], {
-            "split": round(split_seconds, 3),
-            "workers_ready": round(ready_seconds, 3),
-            "shards": round(shards_seconds, 3),
-            "total": round(time.perf_counter() - started, 3),
-        })  # fmt: skip
+    if not finished:  # with every shard failed there is nothing to summarize
+        return {}
+    files = [f for s in finished for f in shard_results(plan.work, shard_prefix(s))]
+    paths = summarize(files, plan.outdir, threshold, run_info, [o.shard for o in failed])
+    wall = {**wall, "total": time.perf_counter() - plan.started}
+    _add_wall_times(paths["run"], {key: round(value, 3) for key, value in wall.items()})
+    return paths
+
+
+def _clean_up(plan: _Plan, paths: dict, failed: list[ShardOutcome], shards: int,
+              keep_work: bool) -> None:  # fmt: skip
+    """Say what is whose; remove the intermediates of a run that succeeded."""
+    outdir = plan.outdir
     stale = [name for name in RESULT_FILES[:-1] if (outdir / name).exists()]
-    if not finished and stale:  # a --resume in which every shard failed
+    if not paths and stale:  # a --resume in which every shard failed
         log.warning("%s: %s are an earlier run's results, not this run's", outdir,
                     ", ".join(stale))  # fmt: skip
     if failed:
         log.error("%d of %d shard(s) failed: %s; the finished ones are kept in %s for --resume",
-                  len(failed), len(shards), failed_path, work)  # fmt: skip
+                  len(failed), shards, outdir / FAILED_FILES, plan.work)  # fmt: skip
     elif not keep_work:  # the run succeeded: its intermediates go
-        shutil.rmtree(work, ignore_errors=True)
-    log.info("virnucpro %s: done in %.1f s", __version__, time.perf_counter() - started)
-    return PredictResult(paths, len(failed), len(shards))
+        shutil.rmtree(plan.work, ignore_errors=True)
 
 
 def check_outdir(outdir: Path, resume: bool, input_path: Path) -> None:
