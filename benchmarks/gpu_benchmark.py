@@ -244,7 +244,8 @@ def predict_run(
     after_ready = wall["total"] - wall["workers_ready"]
     per_shard = record["shard_seconds"].values()
     shard_sums = {key: round(sum(s.get(key, 0) for s in per_shard), 2) for key in
-                  ("prepare", "gpu_waited", "embed-dna", "embed-protein", "finish")}  # fmt: skip
+                  ("prepare", "gpu_waited", "embed-dna", "embed-protein", "finish",
+                   "device_idle")}  # fmt: skip
     devices = Counter(s["device"] for s in per_shard)
     return {"compiled": use_compile, "stages": wall, "shard_sums": shard_sums,
             "shards": len(record["shard_seconds"]), "shards_per_device": dict(devices),
