@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from virnucpro.errors import VirnucproError
+from virnucpro.fileio import put_in_place, temporary_path
 
 FEATURE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 FORMAT = "virnucpro-features/2"
@@ -67,7 +68,7 @@ class FeatureWriter:
         self.metadata = dict(metadata or {})
         self.rows = 0
         self.ids = bytearray()
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.tmp = temporary_path(self.path)
         if self.path.is_dir():
             raise VirnucproError(f"{self.path}: is a directory")
         try:
@@ -132,7 +133,7 @@ class FeatureWriter:
             os.ftruncate(self.fd, end)
             os.close(self.fd)
             self.fd = None
-            os.replace(self.tmp, self.path)
+            put_in_place(self.tmp, self.path)
         except OSError as e:
             self.discard()
             raise VirnucproError(f"{self.path}: cannot write ({e.strerror})") from None

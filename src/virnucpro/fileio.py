@@ -11,18 +11,29 @@ from pathlib import Path
 from typing import IO
 
 
+def temporary_path(path: Path) -> Path:
+    """Where a file is written before it takes its place: beside it (the same file system, so
+    the rename is atomic), hidden, with this process's id."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def put_in_place(tmp: Path, path: Path, mode: int | None = None) -> None:
+    """Rename a finished temporary file to ``path``, with permissions ``mode`` (default: what
+    the umask gives, 0644 under umask 022, as any file the user writes)."""
+    os.chmod(tmp, 0o666 & ~current_umask() if mode is None else mode)
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
-    """A temporary name beside ``path`` (hidden, with this process's id) to write to; it is
-    renamed to ``path`` if the block succeeds, with permissions ``mode`` (default: what the
-    umask gives, 0644 under umask 022, as any file the user writes), and removed if it
-    fails."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """A temporary path to write ``path``'s content to; put in place (put_in_place) if the
+    block succeeds, removed if it fails. Every file virnucpro writes goes through this or
+    through the same two functions (features.FeatureWriter, which writes as rows arrive)."""
+    tmp = temporary_path(path)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~current_umask() if mode is None else mode)
-        os.replace(tmp, path)
+        put_in_place(tmp, Path(path), mode)
     finally:
         tmp.unlink(missing_ok=True)
 
