@@ -105,6 +105,23 @@ def test_dead_worker_is_replaced_and_its_shard_retried(demo, clean, tmp_path):
     assert results(tmp_path / "out") == clean
 
 
+def test_two_lanes_on_the_cpu_give_the_same_files_when_a_worker_dies(
+    demo, clean, tmp_path, monkeypatch, caplog
+):
+    """The GPU's two lanes (two shards embedded at once per worker), run on the CPU: the same
+    files, also when the worker dies with two shards under way (each is retried alone)."""
+    from virnucpro.models.files import resolve_models
+    from virnucpro.predict import predict as run_predict
+
+    monkeypatch.setenv("VIRNUCPRO_FAULT", "shard_00003:crash")
+    out = tmp_path / "out"
+    done = run_predict(EXAMPLE, out, resolve_models(demo), shard_size=int(SHARD_SIZE),
+                       device="cpu", workers=1, threads=1, lanes=2)  # fmt: skip
+    assert "worker1 (cpu) died (exit code 70)" in caplog.text
+    assert (done.failed, done.shards) == (0, 7)
+    assert results(out) == clean
+
+
 def predict_until_two_shards_finished(demo: Path, out: Path, stderr) -> subprocess.Popen:
     """A one-worker predict in its own process group, once two shards are finished."""
     command = [str(VIRNUCPRO), "-q", "predict", str(EXAMPLE), "--models", str(demo),

@@ -115,8 +115,11 @@ def predict(
     workers: int | None = None,
     resume: bool = False,
     threads: int | None = None,
+    lanes: int | None = None,
 ) -> PredictResult:
-    """Whole pipeline on this machine; returns the outputs and how many shards failed."""
+    """Whole pipeline on this machine; returns the outputs and how many shards failed.
+    ``lanes``: shards each worker embeds at once (runner.py; default 2 on a GPU, 1 on the
+    CPU)."""
     started = time.perf_counter()
     devices = plan_devices(device, gpus, workers)
     options = {"chunk_size": chunk_size, "feature_dtype": feature_dtype, "compile": compile,
@@ -137,7 +140,7 @@ def predict(
         chunk_size=chunk_size, precision=precision, work=plan.work,
         esm_batch_tokens=esm_batch_tokens, dna_batch_tokens=dna_batch_tokens,
         feature_dtype=feature_dtype, compile=compile, shard_key=run_key,
-        threads=plan.threads, model_digests=(digests[0], digests[1]),
+        threads=plan.threads, model_digests=(digests[0], digests[1]), lanes=lanes,
         log_level=logging.getLogger().getEffectiveLevel(),
     )  # fmt: skip
     pending = [s for s in shards if s not in reused]

@@ -127,6 +127,7 @@ class WorkerConfig:
     shard_key: str  # what a finished shard must match to be reused: models + parameters
     threads: int | None  # torch threads per CPU worker
     model_digests: tuple[str, str] | None = None  # sha256 of esm2, dnabert (else hashed here)
+    lanes: int | None = None  # shards embedded at once per worker: default 2 on a GPU, 1 on CPU
     log_level: int = logging.INFO
 
 
@@ -367,7 +368,7 @@ class _Worker:
             futures.wait([prepared for _, _, prepared in pending])
             self.results.put(Broken(self.name, error))
             return
-        lanes = 2 if self.models.esm.device.type == "cuda" else 1
+        lanes = self.config.lanes or (2 if self.models.esm.device.type == "cuda" else 1)
         # Collections stop every thread, the one queuing GPU batches too: once per shard
         # instead (embed_file pauses the collector too, but two lanes would undo that).
         gc.disable()
