@@ -168,14 +168,11 @@ def test_queue_tokens_without_sequences():
     assert out.shape == (0, 2)
 
 
-def test_queued_parts_extend_in_input_order_and_gather_as_any_dtype():
-    """embed-dna queues a file chunk by chunk and gathers once: the chunks' rows follow each
-    other, each chunk in its own input order, converted to the feature file's type."""
+def test_queued_rows_gather_in_input_order_as_any_dtype():
+    """Queued batches gather in input order, converted to the feature file's type."""
     tokens = sequences(150, seed=7)
     quiet = StageProgress("fake", 0, "frames", enabled=False)
-    whole = queue_tokens([], FakeModel(), 2, 40, quiet)
-    for chunk in (tokens[:10], tokens[10:60], tokens[60:]):
-        whole.extend(queue_tokens(chunk, FakeModel(), 2, 40, quiet))
+    whole = queue_tokens(tokens, FakeModel(), 2, 40, quiet)
     assert whole.rows == len(tokens)
     assert torch.equal(whole.gather(), expected(tokens))
     half = whole.gather(torch.float16)

@@ -3,8 +3,10 @@ reported, dead workers replaced, --resume reuses only matching finished shards.
 
 The failure and crash cases use the one fault-injection point of virnucpro.runner
 (inject_fault), set by VIRNUCPRO_FAULT: "shard_00002:embed-dna" makes that shard fail at that
-stage (prepare, embed-dna, embed-protein or classify); "shard_00003:crash" kills the worker
-holding that shard on its first try, right after it reported the shard launched.
+stage (prepare, embed-dna, embed-protein or classify), "worker1:embed-dna" every shard of that
+worker; "shard_00003:crash" kills the worker holding that shard on its first try, right after
+it reported the shard launched; "shard_00002:kill-prepare" kills the worker's prepare process
+while it prepares that shard (first try).
 """
 
 from __future__ import annotations
@@ -120,6 +122,30 @@ def test_two_lanes_on_the_cpu_give_the_same_files_when_a_worker_dies(
     assert "worker1 (cpu) died (exit code 70)" in caplog.text
     assert (done.failed, done.shards) == (0, 7)
     assert results(out) == clean
+
+
+def test_a_worker_that_fails_twice_in_a_row_retires_without_failing_more(demo, clean, tmp_path):
+    """Two failures in a row retire a worker (its device may be broken); the shards it held
+    and had not started go to the next worker instead of failing on the broken one."""
+    out = tmp_path / "out"
+    result = predict(demo, out, "--workers", "1", env={"VIRNUCPRO_FAULT": "worker1:embed-dna"})
+    assert result.returncode == 3, result.stderr
+    assert "2 of 7 shard(s) failed" in result.stderr
+    assert "worker1 (cpu) died (exit code 0)" in result.stderr
+    failed = (out / "failed_files.txt").read_text().splitlines()
+    assert [line.split("|")[1] for line in failed] == ["embed-dna", "embed-dna"]
+
+
+def test_a_killed_prepare_process_fails_only_its_shard(demo, clean, tmp_path):
+    out = tmp_path / "out"
+    result = predict(demo, out, "--workers", "1",
+                     env={"VIRNUCPRO_FAULT": "shard_00002:kill-prepare"})  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "1 of 7 shard(s) failed" in result.stderr
+    failed = (out / "failed_files.txt").read_text().splitlines()
+    assert len(failed) == 1 and failed[0].startswith(str(out / WORK / "shards" / "shard_00002.fa"))
+    assert failed[0].split("|")[1] == "prepare"
 
 
 def predict_until_two_shards_finished(demo: Path, out: Path, stderr) -> subprocess.Popen:

@@ -20,7 +20,7 @@ from virnucpro.features import CHUNK_SIZE, KIND, PRECISION, read_features, read_
 from virnucpro.fileio import atomic_writer
 from virnucpro.models.classifier import MLPClassifier
 from virnucpro.models.files import sha256
-from virnucpro.paths import SCORES_HEADER, scores_files
+from virnucpro.paths import FEATURES, SCORES_HEADER, scores_files
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def score(model: MLPClassifier, features: torch.Tensor) -> torch.Tensor:
 
 def scores_prefix(dna_path: Path) -> str:
     name = Path(dna_path).name
-    for suffix in (".dnabert.safetensors", ".safetensors"):
+    for suffix in (FEATURES["dnabert"], ".safetensors"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -61,8 +61,8 @@ CPU_BATCH_TOKENS = 8192
 MAX_GPU_BATCH_ACTIVATIONS = 65536 * 2560
 # embed-dna reads and tokenizes its input in chunks of frames, each while the GPU runs the ones
 # before. The first is small, so the GPU starts early; each next one is twice as large (up to
-# the last size), which keeps the GPU fed (a chunk is read in about a third of the time the
-# model takes on it) and lets longer runs of one length fill batches of their own.
+# the last size), which keeps the GPU fed (a chunk is read in less time than the model
+# takes on it) and lets longer runs of one length fill batches of their own.
 FIRST_CHUNK_FRAMES = 1024
 LARGEST_CHUNK_FRAMES = 32768
 # embed-protein reads, batches and writes its input in blocks of this many frames, so that its
@@ -164,12 +164,6 @@ class Queued:
             return torch.empty(ordered.shape, dtype=dtype, pin_memory=True).copy_(ordered)
         return ordered.cpu()
 
-    def extend(self, other: Queued) -> None:
-        """Append the batches of the rows that follow this one's in the input."""
-        self.order.extend(self.rows + i for i in other.order)
-        self.outputs.extend(other.outputs)
-        self.rows += other.rows
-
 
 def queue_tokens(
     tokens: list[list[int]],
@@ -192,13 +186,15 @@ def queue_tokens(
     return Queued(order, outputs, len(tokens), dim)
 
 
-def default_batch_tokens(device: torch.device, hidden: int) -> int:
+def default_batch_tokens(device: torch.device, hidden: int, concurrent: int = 1) -> int:
     """Tokens per batch: fixed on CPU; on a GPU sized from free memory (about 48 bytes of
-    activations per token and hidden unit at the widest point, half the free memory)."""
+    activations per token and hidden unit at the widest point, half the free memory, shared
+    by ``concurrent`` batches in flight at once)."""
     if device.type != "cuda":
         return CPU_BATCH_TOKENS
     free, _ = torch.cuda.mem_get_info(device)
-    return int(max(1024, min(MAX_GPU_BATCH_ACTIVATIONS // hidden, free // 2 // (hidden * 48))))
+    budget = free // 2 // concurrent // (hidden * 48)
+    return int(max(1024, min(MAX_GPU_BATCH_ACTIVATIONS // hidden, budget)))
 
 
 class Embedder(ABC):

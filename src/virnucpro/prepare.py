@@ -16,8 +16,6 @@ from virnucpro.fasta import Record, read_fasta
 from virnucpro.fileio import atomic_writer
 from virnucpro.paths import CHUNK_SIZE_NOTE, SEQUENCES_HEADER, fasta_stem, prepared_files
 
-CHUNK_SIZES = (300, 500)
-
 _BASES = "TCAG"
 _AMINO_ACIDS = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"
 # Standard genetic code; a codon with any other letter is absent and so dropped.
@@ -110,19 +108,6 @@ class PrepareCounts:
     sequences: int = 0
     chunks: int = 0
     frames_kept: int = 0
-
-
-def read_counts(table: Path) -> PrepareCounts:
-    """The counts of a prepare run, from the per-sequence table it wrote."""
-    counts = PrepareCounts()
-    with open(table, encoding="utf-8") as handle:
-        next(handle)  # header
-        for line in handle:
-            fields = line.rstrip("\n").split("\t")
-            counts.sequences += 1
-            counts.chunks += int(fields[2])
-            counts.frames_kept += int(fields[4])
-    return counts
 
 
 def write_prepared(

@@ -58,20 +58,24 @@ SHARDS_PER_WORKER = 3
 FAULT_ENV = "VIRNUCPRO_FAULT"
 
 
-def inject_fault(prefix: str, stage: str, attempt: int, outbox=None) -> None:
-    """The one fault-injection point, for the tests (tests/test_workers.py). With
-    VIRNUCPRO_FAULT="shard_00002:embed-dna" that shard fails at that stage (prepare,
-    embed-dna, embed-protein or classify) on every try; with "shard_00003:crash" the worker
-    holding that shard dies (exit code 70) on its first try, right after reporting it
-    launched (``outbox`` is flushed first, as a real crash would find it)."""
-    if os.environ.get(FAULT_ENV) != f"{prefix}:{stage}":
+def inject_fault(stage: str, attempt: int, *names: str, outbox=None) -> None:
+    """The one fault-injection point, for the tests (tests/test_workers.py), set by
+    VIRNUCPRO_FAULT="NAME:STAGE", NAME a shard ("shard_00002") or a worker ("worker1"):
+    - a stage (prepare, embed-dna, embed-protein, classify): the shard, or every shard of the
+      worker, fails there on every try;
+    - "crash": the worker holding the shard dies (exit code 70) on its first try, right after
+      reporting it launched (``outbox`` is flushed first, as a real crash would find it);
+    - "kill-prepare": the prepare process dies (SIGKILL) on the shard's first try."""
+    if os.environ.get(FAULT_ENV) not in {f"{name}:{stage}" for name in names}:
         return
-    if stage != "crash":
-        raise RuntimeError("test failure")
-    if attempt == 0:
+    if stage == "crash" and attempt == 0:
         outbox.close()
         outbox.join_thread()
         os._exit(70)
+    elif stage == "kill-prepare" and attempt == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif stage not in ("crash", "kill-prepare"):
+        raise RuntimeError("test failure")
 
 
 # Main process -> worker: a shard to run (None: no more).
@@ -180,7 +184,8 @@ def _prepare_shard(task: Task, chunk_size: int, work: Path) -> tuple[object, flo
 
     started = time.monotonic()
     prefix = shard_prefix(task.shard)
-    inject_fault(prefix, "prepare", task.attempt)
+    inject_fault("kill-prepare", task.attempt, prefix)
+    inject_fault("prepare", task.attempt, prefix)
     counts = prepare(task.shard, chunk_size, work, prefix)
     return counts, started, time.monotonic()
 
@@ -207,7 +212,7 @@ def _worker(name: str, device: str, config: WorkerConfig, first: Task | None,
     except KeyboardInterrupt:  # Ctrl-C is the main process's to report
         os._exit(130)
     # Everything is reported: leave without the interpreter's orderly teardown of the models
-    # and the compiler's helpers (2 s on the GPU host, all of it on the run's wall time).
+    # and the compiler's helpers (seconds on a GPU host, all of them on the run's wall time).
     for outbox in (results, log_queue):
         outbox.close()
         outbox.join_thread()
@@ -264,6 +269,7 @@ class _Models:
     esm: Embedder
     classifier: MLPClassifier
     budgets: dict  # model kind -> batch tokens
+    lanes: int  # shards embedded at once
 
 
 def _load_models(device: str, config: WorkerConfig) -> _Models:
@@ -273,8 +279,8 @@ def _load_models(device: str, config: WorkerConfig) -> _Models:
 
     esm_path, dna_path, classifier_path = config.models
     classifier = load_classifier(classifier_path)
-    # --compile is ESM-2's (~95 % of the GPU time): DNABERT-S's whole-encoder compile
-    # costs 20-40 s per worker and pays back only past ~1 Gbp per GPU (docs/usage.md)
+    # --compile is ESM-2's (most of the GPU time): DNABERT-S's whole-encoder compile
+    # takes longer per worker than it saves on a usual run (docs/usage.md)
     dna = load_embedder("dnabert", dna_path, device, config.precision)
     esm = load_embedder("esm2", esm_path, device, config.precision, compile=config.compile)
     if config.model_digests:
@@ -284,11 +290,12 @@ def _load_models(device: str, config: WorkerConfig) -> _Models:
             f"{classifier_path}: classifier expects {classifier.input_dim} features, "
             f"DNABERT-S + ESM-2 give {dna.dim} + {esm.dim}"
         )
-    budgets = {
-        "dnabert": config.dna_batch_tokens or default_batch_tokens(dna.device, dna.dim),
-        "esm2": config.esm_batch_tokens or default_batch_tokens(esm.device, esm.dim),
+    lanes = config.lanes or (2 if esm.device.type == "cuda" else 1)
+    budgets = {  # the lanes' batches can be on the device at once: they share its memory
+        "dnabert": config.dna_batch_tokens or default_batch_tokens(dna.device, dna.dim, lanes),
+        "esm2": config.esm_batch_tokens or default_batch_tokens(esm.device, esm.dim, lanes),
     }
-    return _Models(dna, esm, classifier, budgets)
+    return _Models(dna, esm, classifier, budgets, lanes)
 
 
 def _one_line(e: BaseException) -> str:
@@ -338,7 +345,8 @@ class _Worker:
         self.models: _Models | None = None
         self.ready_at = 0.0
         self.device_use = _DeviceUse()
-        self.failures_in_a_row = 0
+        self.failures_in_a_row = 0  # two: the worker retires (see serve)
+        self.retiring = threading.Lock()  # the lanes count failures under it
         self.total_memory = 0  # of the GPU; 0 on the CPU
         self.jobs: list[futures.Future] = []  # the lanes' shards not yet done
 
@@ -353,8 +361,12 @@ class _Worker:
     def prepare(self, task: Task) -> tuple[Task, float, futures.Future]:
         """Start preparing a shard: its task, when this worker took it, the future counts."""
         done_marker(self.config.work, shard_prefix(task.shard)).unlink(missing_ok=True)
-        prepared = self.preparer.submit(_prepare_shard, task, self.config.chunk_size,
-                                        self.config.work)  # fmt: skip
+        try:
+            prepared = self.preparer.submit(_prepare_shard, task, self.config.chunk_size,
+                                            self.config.work)  # fmt: skip
+        except BrokenProcessPool as e:  # the prepare process is gone (killed): the shard's
+            prepared = futures.Future()  # lane finds out, and the worker retires
+            prepared.set_exception(e)
         return task, time.monotonic(), prepared
 
     def serve(self, first: Task | None, tasks) -> None:
@@ -368,7 +380,7 @@ class _Worker:
             futures.wait([prepared for _, _, prepared in pending])
             self.results.put(Broken(self.name, error))
             return
-        lanes = self.config.lanes or (2 if self.models.esm.device.type == "cuda" else 1)
+        lanes = self.models.lanes
         # Collections stop every thread, the one queuing GPU batches too: once per shard
         # instead (embed_file pauses the collector too, but two lanes would undo that).
         gc.disable()
@@ -381,7 +393,8 @@ class _Worker:
                     break
                 pending.append(self.prepare(task))
             self.dispatch(pool, *pending.pop(0))
-        # after two failures in a row, what was not started goes back to the queue
+        # after two failures in a row, the shards not started go back to the queue (run_shard
+        # leaves them unreported; the main process requeues a retired worker's shards)
         pool.shutdown(wait=True, cancel_futures=self.failures_in_a_row >= 2)
 
     def dispatch(self, pool, task: Task, taken: float, prepared: futures.Future) -> None:
@@ -417,6 +430,8 @@ class _Worker:
     def run_shard(self, task: Task, taken: float, prepared: futures.Future) -> None:
         """A lane: the shard's embed -> classify chain once it is prepared; reported."""
         run = _ShardRun(task, shard_prefix(task.shard), taken)
+        if self.failures_in_a_row >= 2:  # retiring: left for the next worker
+            return
         try:
             began = time.monotonic()
             counts, prepare_started, prepare_ended = prepared.result()
@@ -424,10 +439,10 @@ class _Worker:
             run.seconds["models_waited"] = max(0.0, self.ready_at - max(prepare_ended, taken))
             run.seconds["gpu_waited"] = time.monotonic() - began  # this lane, for the shard
             self.results.put(Launched(self.name, run.prefix))
-            inject_fault(run.prefix, "crash", task.attempt, self.results)
+            inject_fault("crash", task.attempt, run.prefix, outbox=self.results)
             features = self.embed(run)
             run.stage, started = "classify", time.monotonic()
-            inject_fault(run.prefix, run.stage, task.attempt)
+            inject_fault(run.stage, task.attempt, run.prefix, self.name)
             self.classify(run, features)
             run.seconds["finish"] = time.monotonic() - started
         except Exception as e:  # a failed shard must not stop the others
@@ -447,7 +462,7 @@ class _Worker:
             for model, run.stage, path in ((models.dna, "embed-dna", nucleotide),
                                            (models.esm, "embed-protein", protein)):  # fmt: skip
                 started = time.monotonic()
-                inject_fault(run.prefix, run.stage, run.task.attempt)
+                inject_fault(run.stage, run.task.attempt, run.prefix, self.name)
                 budget = models.budgets[model.kind]
                 outputs.append(embed_file(model, path, work, budget, self.config.feature_dtype,
                                           show_progress=False))  # fmt: skip
@@ -468,11 +483,16 @@ class _Worker:
             out.write(json.dumps({"key": shard_key(run.task.shard, config.shard_key)}))
 
     def report_failure(self, run: _ShardRun, e: Exception) -> None:
+        lost_preparer = isinstance(e, BrokenProcessPool)
+        with self.retiring:
+            if lost_preparer and self.failures_in_a_row >= 2:
+                return  # another shard was charged for it: this one goes to the next worker
+            if lost_preparer:  # the prepare process died on this shard: no other can run
+                self.failures_in_a_row = 2
+            elif run.stage in ("embed-dna", "embed-protein"):  # the device's, not the input's
+                self.failures_in_a_row += 1
         if not isinstance(e, VirnucproError):
             logging.getLogger("virnucpro").debug("".join(traceback.format_exception(e)))
-        # the device's failures (or a lost prepare process), not the input's
-        if run.stage in ("embed-dna", "embed-protein") or isinstance(e, BrokenProcessPool):
-            self.failures_in_a_row += 1
         self.results.put(Failed(self.name, run.prefix, run.stage, _one_line(e)))
 
     def report_done(self, run: _ShardRun, counts) -> None:

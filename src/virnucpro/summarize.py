@@ -43,6 +43,7 @@ from virnucpro.paths import (
     SEQUENCES_HEADER,
     SUMMARY,
     SUMMARY_HEADER,
+    shard_prefix,
 )
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def _manifest_rows(path: Path) -> Iterator[tuple[str, str, int]]:
     for number, (shard, sequence_id, length) in _iter_rows(path, MANIFEST_HEADER):
         if not length.isdigit():
             raise VirnucproError(f"{path}: line {number}: length '{length}' is not a number")
-        yield shard.removesuffix(".fa"), sequence_id, int(length)
+        yield shard_prefix(shard), sequence_id, int(length)
 
 
 def _open_table(path: Path, header: str) -> IO[str]:
@@ -218,7 +219,7 @@ def summarize(
     if not 0.0 <= threshold <= 1.0:
         raise VirnucproError(f"--threshold must be between 0 and 1 (got {threshold})")
     failed = {
-        Path(path).name.removesuffix(".fa"): [(r.id, len(r.sequence)) for r in read_fasta(path)]
+        shard_prefix(path): [(r.id, len(r.sequence)) for r in read_fasta(path)]
         for path in unfinished
     }
     expected = manifest_counts(Path(manifest)) if manifest is not None else None

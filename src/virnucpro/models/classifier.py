@@ -20,7 +20,6 @@ from virnucpro.errors import VirnucproError
 from virnucpro.fileio import save_safetensors
 
 HIDDEN_DIM = 512
-NUM_CLASSES = 2  # index 0 = others (score1), index 1 = virus (score2)
 
 
 class MLPClassifier(nn.Module):

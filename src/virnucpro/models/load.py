@@ -68,7 +68,7 @@ def _build(
     state = convert(state)
     for key, value in expected.items():
         if state[key].shape != value.shape:
-            name = sources(key)[0] if len(sources(key)) == 1 else key
+            name = " + ".join(sources(key))  # as the file names it (q/k/v: three)
             raise VirnucproError(f"{path}: {name} has shape {tuple(state[key].shape)}, "
                                  f"config says {tuple(value.shape)}")  # fmt: skip
     try:
