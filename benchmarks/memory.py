@@ -39,11 +39,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from synthetic import metagenome  # noqa: E402
 
+from virnucpro.paths import SCORES_HEADER, SEQUENCES_HEADER  # noqa: E402
+
 STAGES = ("split", "prepare", "summarize", "predict")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MiB = 1024 * 1024
-SEQUENCES_HEADER = "sequence_id\tlength\tchunks\tchunks_with_frames\tframes_kept\n"  # prepare
-SCORES_HEADER = "frame_id\tprediction\tscore1\tscore2\n"  # classify
 
 
 def write_fasta(path: Path, total_bp: int, seed: int, width: int = 80) -> dict:
