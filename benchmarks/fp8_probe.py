@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gpu_benchmark import write_input  # noqa: E402
+from gpu_benchmark import sync, write_input  # noqa: E402
 
 from virnucpro.embed import Esm2Embedder  # noqa: E402
 from virnucpro.fasta import read_fasta  # noqa: E402
@@ -105,11 +105,6 @@ def tokens_per_second(model: ESM2, tokens: list[list[int]], budget: int, fp8: bo
         embedder.queue(tokens, budget).gather()
         sync()
     return sum(len(t) for t in tokens) / (time.perf_counter() - started)
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def agreement(x: torch.Tensor, reference: torch.Tensor) -> dict:

@@ -48,7 +48,8 @@ FLOP_PER_TOKEN_3B = 2 * 2.84e9  # 2 x parameters (matmuls); attention adds ~3% a
 
 
 def sync() -> None:
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():  # fp8_probe.py --tiny runs on the CPU
+        torch.cuda.synchronize()
 
 
 def matmul_peak() -> float:

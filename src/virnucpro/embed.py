@@ -325,7 +325,7 @@ class DnaBertEmbedder(Embedder):
         return self.tokenizer.encode_batch(sequences)
 
     def run(self, tokens: list[list[int]]) -> torch.Tensor:
-        device = next(self.model.parameters()).device
+        device = self.device
         input_ids, lengths = _pad(tokens, self.tokenizer.pad_id)
         mask = np.arange(lengths.max())[None, :] < lengths[:, None]
         # every tensor made in inference mode, whoever calls: with --compile, a CPU batch's
@@ -368,7 +368,7 @@ class Esm2Embedder(Embedder):
         return [tokenize_protein(s) for s in sequences]
 
     def run(self, tokens: list[list[int]]) -> torch.Tensor:
-        device = self.model.embed_tokens.weight.device
+        device = self.device
         padded, lengths = _pad(tokens, PAD_IDX)
         if lengths.min() < 3:
             raise ValueError("every token list needs BOS, at least one residue and EOS")
