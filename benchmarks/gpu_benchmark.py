@@ -231,14 +231,20 @@ def compiled_graphs() -> int:
 
 
 def predict_run(
-    fasta: Path, work: Path, paths, use_compile: bool, esm_tokens: int, gpus: str | None = None
+    fasta: Path,
+    work: Path,
+    paths,
+    use_compile: bool,
+    esm_tokens: int,
+    gpus: str | None = None,
+    precision: str = "bf16",
 ) -> dict:
     """`predict` end to end (FASTA in, summary out) in this process's workers, on the GPUs
     listed (default: all)."""
     from virnucpro.predict import predict
 
     shutil.rmtree(work / "predict", ignore_errors=True)
-    run = predict(fasta, work / "predict", paths, device="cuda", precision="bf16",
+    run = predict(fasta, work / "predict", paths, device="cuda", precision=precision,
                   compile=use_compile, gpus=gpus)  # fmt: skip
     record = json.loads(run.outputs["run"].read_text())
     wall = record["wall_seconds"]
@@ -248,7 +254,8 @@ def predict_run(
                   ("prepare", "gpu_waited", "embed-dna", "embed-protein", "finish",
                    "device_idle")}  # fmt: skip
     devices = Counter(s["device"] for s in per_shard)
-    return {"compiled": use_compile, "stages": wall, "shard_sums": shard_sums,
+    return {"compiled": use_compile, "precision": precision, "stages": wall,
+            "shard_sums": shard_sums,
             "shards": len(record["shard_seconds"]), "shards_per_device": dict(devices),
             "esm_tokens_per_s": esm_tokens / wall["total"],
             "esm_tokens_per_s_after_load": esm_tokens / after_ready}  # fmt: skip
@@ -272,6 +279,30 @@ def cli_start_up(esm_path: Path, faa: Path, outdir: Path) -> dict:
     return {"wall_s": wall, "load_s": info["load_seconds"]}
 
 
+def fp8_against_bf16(
+    esm_path: Path, faa: dict[int, Path], fasta: Path, paths: ModelPaths, work: Path, report
+) -> dict:
+    """--fp8: ESM-2 compiled in bf16 and in fp8 on the 500 and 300 bp inputs, then predict
+    --compile in each precision, all in this one run; the precision order alternates."""
+    results: dict = {}
+    for precision in ("bf16", "fp8"):
+        loaded = load_embedder("esm2", esm_path, "cuda:0", precision, compile=True)
+        graphs = compiled_graphs()
+        for size in (500, 300):
+            key = f"{precision}_esm_{size}_compiled"
+            results[key] = product_embed(loaded, faa[size], work / f"c{size}", None)
+            report(key, results[key])
+        results[f"{precision}_recompiles_in_timed_runs"] = compiled_graphs() - graphs
+        del loaded
+        torch.cuda.empty_cache()
+    esm_tokens = results["bf16_esm_500_compiled"]["tokens"]
+    for precision in ("fp8", "bf16"):
+        results[f"predict_{precision}"] = predict_run(fasta, work, paths, True, esm_tokens,
+                                                      precision=precision)  # fmt: skip
+        report(f"predict {precision}", results[f"predict_{precision}"])
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -282,6 +313,11 @@ def main() -> None:
         "--quick",
         action="store_true",
         help="only the compiled models (ESM-2 500 bp, DNABERT-S) and predict",
+    )
+    parser.add_argument(
+        "--fp8",
+        action="store_true",
+        help="only ESM-2 compiled in bf16 and in fp8 (500 and 300 bp) and predict in each",
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -318,6 +354,10 @@ def main() -> None:
     nuc = work / "c500" / "input.nucleotide.fa"
     paths = ModelPaths(esm_path, models / "dnabert-s", models / "classifier_500.safetensors")
     faa = {size: work / f"c{size}" / "input.protein.faa" for size in (500, 300)}
+    if args.fp8:
+        results.update(fp8_against_bf16(esm_path, faa, fasta, paths, work, report))
+        (args.out / "results.json").write_text(json.dumps(results, indent=2))
+        return
     if args.quick:
         compiled = load_embedder("esm2", esm_path, "cuda:0", "bf16", compile=True)
         graphs = compiled_graphs()
