@@ -93,11 +93,13 @@ class Fp8Linear(nn.Module):
 
 
 def token_mean(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """Mean over dim 1 of x (B, T, K), in float32, of the tokens keep (B, T) marks."""
+    """Mean over dim 1 of x (B, T, K), in float32, of the tokens keep (B, T) marks. A plain
+    reduction, not a batched product: compiled, it fuses with the op that makes x, which
+    then need not be written out."""
     if keep is None:
         return x.float().mean(1)
-    weights = (keep / keep.sum(1, keepdim=True)).to(x.dtype)
-    return torch.bmm(weights[:, None, :], x).squeeze(1).float()
+    weights = keep.float() / keep.sum(1, keepdim=True)
+    return (x.float() * weights[:, :, None]).sum(1)
 
 
 def _linear(module: nn.Module, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -133,13 +135,14 @@ class Fp8Layer(nn.Module):
 def to_fp8(
     model: ESM2,
     linears: Collection[str] = ESM2_LINEARS,
-    fast_accumulation: bool = False,
-    mean_correction: str | None = None,
+    fast_accumulation: bool = True,
+    mean_correction: str | None = "weight",
     bf16_layers: Collection[int] = (),
 ) -> ESM2:
     """Make the named linear layers of every ESM-2 layer (qkv, out_proj: the attention's;
     fc1, fc2: the MLP's) Fp8Linear, in place, except in the layers numbered in
-    ``bf16_layers``; returns the model."""
+    ``bf16_layers``; returns the model. The defaults are `--precision fp8`'s scheme, chosen
+    by benchmarks/fp8_variants.py (benchmarks/README.md, "FP8 ESM-2")."""
     unknown = set(linears) - set(ESM2_LINEARS)
     if unknown:
         raise ValueError(f"not ESM-2 linear layers: {', '.join(sorted(unknown))}")
