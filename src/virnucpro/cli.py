@@ -553,6 +553,7 @@ class CachePrecision(str, Enum):
     bf16 = "bf16"
     fp16 = "fp16"
     fp32 = "fp32"
+    fp8 = "fp8"
 
 
 @models_app.command("prepare")
@@ -570,7 +571,10 @@ def models_prepare(
     ] = None,
     precision: Annotated[
         CachePrecision,
-        typer.Option(help="Precision of the ESM-2 copy: the one the GPU tasks run in."),
+        typer.Option(
+            help="Precision of the ESM-2 copy: the one the GPU tasks run in (fp8: the bf16 "
+            "copy, which --precision fp8 loads and quantizes)."
+        ),
     ] = CachePrecision.bf16,
     threads: Threads = None,
 ) -> None:
