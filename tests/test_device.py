@@ -158,3 +158,38 @@ def test_fp8_models_load_in_bf16():
     assert device.model_dtype("fp8") == torch.bfloat16
     assert {p: device.model_dtype(p) for p in device.DTYPES} == device.DTYPES
     assert "fp8" not in device.DTYPES  # no torch dtype of its own
+
+
+def test_predict_refuses_fp8_on_gpus_without_it_before_writing_anything(monkeypatch, tmp_path):
+    """predict checks --precision against every worker's GPU before it writes a file."""
+    from virnucpro.models.files import ModelPaths
+
+    fake_gpu(monkeypatch, (8, 6), "NVIDIA RTX A6000")
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nACGT\n")
+    out = tmp_path / "out"
+    missing = ModelPaths(tmp_path / "esm2.pt", tmp_path / "dnabert-s", tmp_path / "c.safetensors")
+    with pytest.raises(VirnucproError, match=r"cuda:0 \(NVIDIA RTX A6000, compute capability 8.6"):
+        predict.predict(fasta, out, missing, device="cuda", precision="fp8")
+    assert not out.exists()
+
+
+def test_predict_refuses_fp8_when_one_of_its_gpus_lacks_it(monkeypatch, tmp_path):
+    from virnucpro.models.files import ModelPaths
+
+    gpus = {0: ((9, 0), "NVIDIA H100"), 1: ((8, 0), "NVIDIA A100")}
+
+    def index(d):
+        return torch.device(d).index or 0
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: gpus[index(d)][0])
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda d: SimpleNamespace(name=gpus[index(d)][1]))  # fmt: skip
+    fasta, out = tmp_path / "in.fa", tmp_path / "out"
+    fasta.write_text(">a\nACGT\n")
+    missing = ModelPaths(tmp_path / "esm2.pt", tmp_path / "dnabert-s", tmp_path / "c.safetensors")
+    with pytest.raises(VirnucproError, match=r"cuda:1 \(NVIDIA A100, compute capability 8.0\)"):
+        predict.predict(fasta, out, missing, device="cuda", precision="fp8")
+    assert not out.exists()

@@ -45,6 +45,7 @@ class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+    fp8 = "fp8"
 
 
 class FeatureDtype(str, Enum):
@@ -101,12 +102,14 @@ Device = Annotated[
         "cuda:N: that GPU, unclaimed.",
     ),
 ]
+AUTO_HELP = "auto = bf16 on GPUs of compute capability >= 8.0, else fp32."
+FP8_HELP = (
+    "fp8: ESM-2's linear layers in FP8 on GPUs of compute capability >= 8.9 (Ada, Hopper), "
+    "DNABERT-S at bf16; never chosen by auto; use with --compile for speed; check agreement "
+    "first with 'virnucpro check-precision'."
+)
 PrecisionOpt = Annotated[
-    Precision,
-    typer.Option(
-        rich_help_panel=HARDWARE,
-        help="auto = bf16 on GPUs of compute capability >= 8.0, else fp32.",
-    ),
+    Precision, typer.Option(rich_help_panel=HARDWARE, help=f"{AUTO_HELP} {FP8_HELP}")
 ]
 ChunkSizeOpt = Annotated[
     ChunkSize, typer.Option("--chunk-size", rich_help_panel=IO, help="Chunk length in bp.")
@@ -409,7 +412,14 @@ def embed_dna(
     models: ModelsDir = None,
     dnabert_model: DnabertModel = None,
     device: Device = "auto",
-    precision: PrecisionOpt = Precision.auto,
+    precision: Annotated[
+        Precision,
+        typer.Option(
+            rich_help_panel=HARDWARE,
+            help=f"{AUTO_HELP} fp8 runs bf16 here (FP8 is ESM-2's: one --precision fp8 for both "
+            "embedding stages; classify takes ESM-2 fp8 with DNABERT-S bf16 features).",
+        ),
+    ] = Precision.auto,
     dna_batch_size: Annotated[
         int | None,
         typer.Option(min=1, metavar="TOKENS", rich_help_panel=TUNING, help="Tokens per batch."),
