@@ -263,7 +263,7 @@ def test_version():
 def test_help_lists_predict_and_every_stage():
     result = cold("--help")
     assert result.rc == 0, result.stderr
-    for command in ("predict", *STAGES, "models"):
+    for command in ("predict", "check-precision", *STAGES, "models"):
         # rich draws each command as "│ NAME   description"
         assert re.search(rf"^\W*{re.escape(command)}\s", result.stdout, re.M), command
 
@@ -272,6 +272,7 @@ def test_help_lists_predict_and_every_stage():
     "command",
     [
         ["predict"],
+        ["check-precision"],
         *([stage] for stage in STAGES),
         ["models"],
         ["models", "demo"],

@@ -336,6 +336,102 @@ def predict(
         raise typer.Exit(3)
 
 
+class ComparedPrecision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp8 = "fp8"
+
+
+class ReferencePrecision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+@app.command("check-precision", rich_help_panel=END_TO_END)
+def check_precision(
+    input: Annotated[Path, typer.Argument(help="Nucleotide FASTA (plain or .gz).")],
+    precision: Annotated[
+        list[ComparedPrecision] | None,
+        typer.Option(
+            "--precision",
+            rich_help_panel=HARDWARE,
+            help="A precision to compare with the reference; repeat for more. Default: bf16 "
+            "and fp8 (fp8 left out on a GPU without FP8 tensor cores; asked for there, an "
+            "error). On the CPU fp8 is a simulation through torch's CPU FP8 kernel: the GPU's "
+            "FP8 math, slowly (its agreement is an FP8 GPU's, its time is not).",
+            show_default=False,
+        ),
+    ] = None,
+    reference: Annotated[
+        ReferencePrecision,
+        typer.Option(
+            rich_help_panel=HARDWARE,
+            help="Precision compared against (DNABERT-S runs at it for every row).",
+        ),  # fmt: skip
+    ] = ReferencePrecision.fp32,
+    sample: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            metavar="N",
+            rich_help_panel=IO,
+            help="Sequences to check, drawn from the whole input (seeded reservoir sampling: "
+            "each sequence equally likely, wherever it is in the file; all of them if fewer).",
+        ),
+    ] = 200,
+    seed: Annotated[int, typer.Option(rich_help_panel=IO, help="Seed of the sample.")] = 0,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", metavar="PATH", rich_help_panel=IO, help="Also write the report as JSON."
+        ),
+    ] = None,
+    models: ModelsDir = None,
+    esm_model: EsmModel = None,
+    dnabert_model: DnabertModel = None,
+    classifier: ClassifierFile = None,
+    chunk_size: ChunkSizeOpt = ChunkSize.c500,
+    device: Device = "auto",
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            rich_help_panel=HARDWARE,
+            help="torch.compile ESM-2's layers in every pass (as predict --compile): the "
+            "times of the compiled model; the agreement can differ slightly.",
+        ),
+    ] = False,
+    threads: Threads = None,
+) -> None:
+    """Before relying on --precision fp8 (or bf16): how far ESM-2 at that precision moves the
+    features and the calls from a reference (fp32), on a sample of your input.
+
+    The sample is prepared as predict prepares it; DNABERT-S embeds it once, ESM-2 once at
+    the reference and once per compared precision; the classifier scores each. One row per
+    compared precision: per-frame cosine of the ESM-2 features against the reference (min,
+    mean), the largest change of a virus score, frame calls and chunk calls changed (made as
+    classify and summarize make them), and the seconds of its ESM-2 pass. Nothing is
+    written but --json. Exit status 0: it ran (it reports, it does not judge; its last line
+    says whether fp8 meets the project's bar: min cosine >= 0.9995 and at most 0.1% of chunk
+    calls changed). 2: bad input, options or models."""
+    from virnucpro.check_precision import check_precision as run_check
+    from virnucpro.check_precision import format_report
+    from virnucpro.models.files import resolve_models
+
+    _set_threads(threads)
+    size = int(chunk_size.value)
+    paths = resolve_models(models, esm2=esm_model, dnabert=dnabert_model, classifier=classifier,
+                           chunk_size=size)  # fmt: skip
+    report = run_check(
+        input, paths, chunk_size=size, sample=sample,
+        precisions=[p.value for p in precision] if precision else None,
+        reference=reference.value, device=device, compile=compile, seed=seed, json_path=json_out,
+    )  # fmt: skip
+    typer.echo(format_report(report), nl=False)
+
+
 @app.command(rich_help_panel=STAGES)
 def split(
     input: Annotated[Path, typer.Argument(help="Nucleotide FASTA (plain or .gz).")],
