@@ -335,7 +335,7 @@ def format_report(report: dict) -> str:
         f"in {report['chunks']:,} chunks of {report['chunk_size']} bp",
         f"device: {report['device']}; ESM-2 {'compiled' if report['compile'] else 'eager'}; "
         f"DNABERT-S at {ref} in every row",
-        f"reference: ESM-2 at {ref}, {report['reference']['esm2_seconds']:.1f} s",
+        f"reference: ESM-2 at {ref}, {report['reference']['esm2_seconds']:.2f} s",
         "",
     ]
     table = [[h.format(ref=ref) for h in HEADERS]]
@@ -348,7 +348,7 @@ def format_report(report: dict) -> str:
             f"{row['max_virus_score_difference']:.6f}",
             f"{row['frame_calls_changed']:,} ({row['frame_calls_changed_percent']:.2f}%)",
             f"{row['chunk_calls_changed']:,} ({row['chunk_calls_changed_percent']:.2f}%)",
-            f"{row['esm2_seconds']:.1f}",
+            f"{row['esm2_seconds']:.2f}",
         ])  # fmt: skip
     widths = [max(len(cells[i]) for cells in table) for i in range(len(HEADERS))]
     for cells in table:  # the precision left-aligned, the numbers right-aligned

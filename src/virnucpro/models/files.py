@@ -214,10 +214,10 @@ def _link_entries(source: Path, target: Path) -> None:
 def prepare_models(models_dir: Path, outdir: Path | None = None, precision: str = "bf16") -> Path:
     """Make later loads fast, once: the sha256 sidecar of each model and ESM-2's
     ready-to-load copy in ``precision`` (bf16, fp16 or fp32; fp8: the bf16 copy, which fp8
-    loads and quantizes). Written into ``models_dir``
-    itself, or with ``outdir`` into that directory, which then also holds absolute symlinks
-    to the entries of ``models_dir`` (left untouched: a read-only store works). Returns the
-    directory to pass as --models. Nothing else ever writes into a models directory."""
+    loads and quantizes). Written into ``models_dir`` itself, or with ``outdir`` into that
+    directory, which then also holds absolute symlinks to the entries of ``models_dir``
+    (left untouched: a read-only store works). Returns the directory to pass as --models.
+    Nothing else ever writes into a models directory."""
     from virnucpro.device import DTYPES, model_dtype
 
     source = Path(models_dir)
