@@ -90,6 +90,26 @@ def test_different_precisions_are_refused(tmp_path, classifier):
     assert str(error.value) == f"{esm}: made at precision bf16, {dna} at fp32"
 
 
+@pytest.mark.parametrize(("dna_precision", "esm_precision"),
+                         [("bf16", "fp32"), ("fp16", "bf16"), ("fp32", "fp8"), ("fp16", "fp8"),
+                          ("fp8", "bf16")])  # fmt: skip
+def test_every_other_precision_mismatch_is_still_refused(tmp_path, classifier, dna_precision,
+                                                         esm_precision):  # fmt: skip
+    """Only the pair --precision fp8 makes is taken."""
+    dna, esm = feature_pair(tmp_path, provenance("dnabert", dna_precision),
+                            provenance("esm2", esm_precision))  # fmt: skip
+    with pytest.raises(VirnucproError) as error:
+        run(dna, esm, classifier, tmp_path / "out")
+    assert str(error.value) == f"{esm}: made at precision {esm_precision}, {dna} at {dna_precision}"
+
+
+def test_fp8_protein_features_go_with_bf16_dna_features(tmp_path, classifier):
+    """What --precision fp8 makes: ESM-2 at fp8, DNABERT-S at bf16."""
+    dna, esm = feature_pair(tmp_path, provenance("dnabert", "bf16"), provenance("esm2", "fp8"))
+    tsv, _ = run(dna, esm, classifier, tmp_path / "out")
+    assert len(tsv.read_text().splitlines()) == 1 + len(IDS)
+
+
 def test_different_chunk_sizes_are_refused(tmp_path, classifier):
     dna, esm = feature_pair(tmp_path, provenance("dnabert", chunk_size="500"),
                             provenance("esm2", chunk_size="300"))  # fmt: skip

@@ -263,7 +263,7 @@ def test_version():
 def test_help_lists_predict_and_every_stage():
     result = cold("--help")
     assert result.rc == 0, result.stderr
-    for command in ("predict", *STAGES, "models"):
+    for command in ("predict", "check-precision", *STAGES, "models"):
         # rich draws each command as "│ NAME   description"
         assert re.search(rf"^\W*{re.escape(command)}\s", result.stdout, re.M), command
 
@@ -272,6 +272,7 @@ def test_help_lists_predict_and_every_stage():
     "command",
     [
         ["predict"],
+        ["check-precision"],
         *([stage] for stage in STAGES),
         ["models"],
         ["models", "demo"],
@@ -825,10 +826,66 @@ def test_classify_feature_files_with_different_ids(cli, demo, tmp_path):
 
 def test_unknown_precision_is_a_usage_error(demo, tmp_path):
     out = tmp_path / "out"
-    result = cold("predict", EXAMPLE, "--models", demo, "--outdir", out, "--precision", "fp8")
+    result = cold("predict", EXAMPLE, "--models", demo, "--outdir", out, "--precision", "int8")
     assert files_under(out) == []
     assert "Traceback" not in result.stderr
     assert result.rc == 2
+    assert "'int8' is not one of 'auto', 'fp32', 'bf16', 'fp16', 'fp8'" in result.stderr
+
+
+# --------------------------------------------------------------------------------------
+# --precision fp8: ESM-2 on FP8 tensor cores only; refused elsewhere before any model loads
+# --------------------------------------------------------------------------------------
+
+FP8_ON_CPU = ("--precision fp8: needs a GPU with FP8 tensor cores (compute capability 8.9 or "
+              "newer); cpu has none")  # fmt: skip
+
+
+def test_predict_fp8_on_the_cpu_is_refused_before_anything_is_written(cli, demo, tmp_path):
+    out = tmp_path / "out"
+    result = cli("predict", EXAMPLE, "--models", demo, "--outdir", out, "--precision", "fp8")
+    assert_user_error(result, FP8_ON_CPU)
+    assert result.stderr == f"virnucpro: error: {FP8_ON_CPU}\n"
+    assert not out.exists()  # not even the work directory
+
+
+@pytest.mark.parametrize("compile", [[], ["--compile"]], ids=["eager", "compile"])
+def test_embed_protein_fp8_on_the_cpu_is_refused_before_the_model_loads(
+    cli, demo, chain, tmp_path, compile
+):
+    protein = chain.work / f"{chain.prefixes[1]}.protein.faa"
+    out = tmp_path / "out"
+    result = cli("embed-protein", protein, "--models", demo, "--outdir", out, "--precision",
+                 "fp8", *compile)  # fmt: skip
+    assert_user_error(result, FP8_ON_CPU)  # one line: no 'loaded' line before it
+    assert not out.exists()
+
+
+def test_embed_dna_fp8_runs_and_records_bf16(cli, demo, chain, tmp_path):
+    """One --precision fp8 for both embedding stages: DNABERT-S runs bf16 under it, wherever
+    bf16 runs (the CPU too), and says so."""
+    nucleotide = chain.work / f"{chain.prefixes[1]}.nucleotide.fa"
+    result = cli("embed-dna", nucleotide, "--models", demo, "--outdir", tmp_path, "--precision",
+                 "fp8").check()  # fmt: skip
+    assert "DNABERT-S runs at bf16 under --precision fp8" in result.stderr
+    assert "precision bf16" in result.stderr
+    _, _, meta = read_features(tmp_path / f"{chain.prefixes[1]}.dnabert.safetensors")
+    assert meta["precision"] == "bf16" and json.loads(meta["info"])["precision"] == "bf16"
+
+
+def test_precision_help_explains_fp8(cli):
+    for command in ("predict", "embed-protein"):
+        text = " ".join(cli(command, "--help").check().stdout.replace("│", " ").split())
+        for fragment in (
+            "fp8: ESM-2's linear layers in FP8",
+            "compute capability >= 8.9",
+            "never chosen by auto",
+            "--compile",
+            "virnucpro check-precision",
+        ):
+            assert fragment in text, (command, fragment)
+    text = " ".join(cli("embed-dna", "--help").check().stdout.replace("│", " ").split())
+    assert "fp8 runs bf16 here" in text
 
 
 @pytest.mark.parametrize(

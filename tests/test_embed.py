@@ -392,6 +392,69 @@ def test_embed_protein_holds_a_block_not_the_file(models, tmp_path, monkeypatch)
     assert torch.allclose(x, y, atol=1e-5, rtol=0)  # other batches: float rounding only
 
 
+def cosines(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(x.double(), y.double(), dim=1)
+
+
+def test_esm2_at_fp8_is_bf16_with_fp8_linear_layers_and_says_fp8(demo, models, tmp_path):
+    """Loaded in bf16, then each layer's qkv, out_proj, fc1 and fc2 in FP8 (on the CPU through
+    torch's FP8 kernel); its features record fp8, and are near the fp32 ones, not equal."""
+    from virnucpro.embed import Esm2Embedder, embed_file
+    from virnucpro.models.fp8 import Fp8Linear
+
+    fp8 = Esm2Embedder.load(demo / "esm2.pt", torch.device("cpu"), "fp8")
+    assert fp8.precision == "fp8"
+    for layer in fp8.model.layers:
+        linears = (layer.self_attn.qkv, layer.self_attn.out_proj, layer.fc1, layer.fc2)
+        assert all(isinstance(linear, Fp8Linear) for linear in linears)
+    assert {p.dtype for p in fp8.model.parameters()} == {torch.bfloat16}
+    path = prepared(tmp_path, 40)["esm2"]
+    out = embed_file(fp8, path, tmp_path / "fp8", 256, "float32", show_progress=False)
+    ids, x, meta = read_features(out)
+    assert meta["precision"] == "fp8" and json.loads(meta["info"])["precision"] == "fp8"
+    reference = embed_file(models["esm2"], path, tmp_path / "fp32", 256, "float32",
+                           show_progress=False)  # fmt: skip
+    agreement = cosines(x, read_features(reference)[1])
+    assert 0.9 < agreement.min() and agreement.min() < 1.0
+
+
+def test_esm2_fp8_is_refused_on_the_cpu_before_the_model_loads(demo, monkeypatch):
+    from virnucpro import embed
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(embed, "load_esm2", refuse)
+    with pytest.raises(VirnucproError, match=r"--precision fp8: needs a GPU .*; cpu has none"):
+        embed.load_embedder("esm2", demo / "esm2.pt", "cpu", "fp8")
+
+
+def test_esm2_fp8_simulated_on_the_cpu_when_asked(demo):
+    from virnucpro.embed import load_embedder
+
+    loaded = load_embedder("esm2", demo / "esm2.pt", "cpu", "fp8", simulate_fp8=True)
+    assert loaded.precision == "fp8"
+
+
+def test_dnabert_under_fp8_runs_and_records_bf16(demo, tmp_path, caplog):
+    """FP8 is ESM-2's: DNABERT-S asked for fp8 runs at bf16, anywhere bf16 runs (the CPU
+    too), says so once, and its features record bf16."""
+    from virnucpro.embed import DnaBertEmbedder, embed_file, load_embedder
+    from virnucpro.paths import DNABERT_DIRNAME
+
+    with caplog.at_level(logging.INFO, logger="virnucpro"):
+        direct = DnaBertEmbedder.load(demo / DNABERT_DIRNAME, torch.device("cpu"), "fp8")
+    assert direct.precision == "bf16"
+    assert {p.dtype for p in direct.model.parameters()} == {torch.bfloat16}
+    said = [r.getMessage() for r in caplog.records if "DNABERT-S runs at bf16" in r.getMessage()]
+    assert said == ["DNABERT-S runs at bf16 under --precision fp8 (FP8 is for ESM-2 only)"]
+    loaded = load_embedder("dnabert", demo / DNABERT_DIRNAME, "cpu", "fp8")
+    assert loaded.precision == "bf16"
+    path = prepared(tmp_path, 20)["dnabert"]
+    meta = read_features(embed_file(loaded, path, tmp_path, show_progress=False))[2]
+    assert meta["precision"] == "bf16"
+
+
 @pytest.mark.parametrize(("chunk_size", "recorded"), [(300, "300"), (None, "unknown")])
 def test_feature_files_record_their_provenance(models, tmp_path, chunk_size, recorded):
     from virnucpro.embed import embed_file

@@ -175,3 +175,23 @@ def test_prepare_errors(tmp_path, make):
     message = "models directory not found" if make == "missing" else "no model files"
     with pytest.raises(VirnucproError, match=message):
         prepare_models(directory)
+
+
+def test_prepare_for_fp8_makes_the_bf16_copy_fp8_loads(bare, tmp_path, monkeypatch):
+    """--precision fp8 loads ESM-2 in bf16 and quantizes it: its ready-to-load copy is the
+    bf16 one, and an fp8 load reads that copy, not the checkpoint."""
+    from virnucpro.embed import Esm2Embedder
+
+    out = tmp_path / "prepared"
+    prepare_models(bare, out, "fp8")
+    assert cache_path(out / "esm2.pt", torch.bfloat16).is_file()
+    assert not cache_path(out / "esm2.pt", torch.float32).exists()
+    no_checkpoint_reads(monkeypatch)
+    assert Esm2Embedder.load(out / "esm2.pt", torch.device("cpu"), "fp8").precision == "fp8"
+
+
+def test_prepare_refuses_an_unknown_precision(bare, tmp_path):
+    with pytest.raises(VirnucproError) as e:
+        prepare_models(bare, tmp_path / "prepared", "int8")
+    assert str(e.value) == "--precision: 'int8' is not one of fp32, bf16, fp16, fp8"
+    assert not (tmp_path / "prepared").exists()

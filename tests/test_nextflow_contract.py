@@ -82,7 +82,8 @@ def test_every_flag_in_the_modules_is_a_cli_option(render):
     """Also the commands the test profile does not run (models fetch) and ext.args flags."""
     pytest.importorskip("virnucpro.cli", reason="virnucpro CLI not importable")
     extra = _ext_args_flags()
-    assert extra.get("EMBED_PROTEIN") == {"--esm-batch-size"}
+    assert extra.get("EMBED_DNA") == {"--precision"}
+    assert extra.get("EMBED_PROTEIN") == {"--precision", "--compile", "--esm-batch-size"}
     runs = [(process, None) for process in MODULES] + [("EMBED_DNA", 1), ("EMBED_PROTEIN", 1)]
     for process, accelerator in runs:
         module = MODULES[process]

@@ -64,6 +64,8 @@ def test_defaults_need_input(defaults):
         ({"input": "reads.bam"}, "does not match"),
         ({"publish_features": "yes"}, "is not of type 'boolean'"),
         ({"esm_batch_size": 0}, "less than the minimum of 1"),
+        ({"precision": "fp4"}, "is not one of ['auto', 'fp32', 'bf16', 'fp16', 'fp8']"),
+        ({"compile": "yes"}, "is not of type 'boolean'"),
     ],
 )
 def test_bad_params_are_rejected(test_profile, change, fragment):
@@ -80,7 +82,16 @@ def test_every_param_used_in_the_code_is_in_the_schema(defaults):
     assert used - set(props) == set(), "params used but not in nextflow_schema.json"
     # and every schema param has a default in nextflow.config
     assert set(props) - set(defaults) == set(), "schema params without a nextflow.config default"
-    assert {"input", "outdir", "shard_size", "models", "model_cache", "publish_features"} <= used
+    assert {"input", "outdir", "shard_size", "models", "model_cache", "publish_features",
+            "precision", "compile"} <= used  # fmt: skip
+
+
+def test_precision_param_takes_what_the_cli_takes(defaults):
+    """Every --precision of the embed stages, fp8 included, and nothing else."""
+    from virnucpro.device import PRECISIONS
+
+    assert schema_properties()["precision"]["enum"] == list(PRECISIONS)
+    assert defaults["precision"] == "auto" and defaults["compile"] is False
 
 
 def test_schema_defaults_match_config_defaults(defaults):

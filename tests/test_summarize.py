@@ -172,6 +172,21 @@ def test_multi_shard_outputs_match_expectations(run_input, tmp_path, monkeypatch
     assert paths["run"] == tmp_path / "out" / "run.json"
 
 
+def test_chunk_calls_are_the_calls_summarize_writes(run_input, tmp_path):
+    """chunk_calls (what check-precision compares) calls chunks as summarize does, ties
+    included, from the frame scores as classify gives them."""
+    files, manifest, shards = run_input
+    summarize(files, tmp_path, 0.5, manifest=manifest)
+    lines = (tmp_path / "prediction_results_highestscore.csv").read_text().splitlines()[1:]
+    written = {chunk: call == "True" for chunk, call in (line.split("\t") for line in lines)}
+    frames = [f for scores, sequences in shards if scores for s in sequences for f in s.frames]
+    scores = np.array([[others, virus] for _, others, virus in frames], dtype=np.float32)
+    called = summarize_module.chunk_calls([frame_id for frame_id, _, _ in frames], scores)
+    assert called == written
+    assert any(others == virus for _, others, virus in frames)  # ties were there
+    assert summarize_module.chunk_calls([], np.zeros((0, 2), dtype=np.float32)) == {}
+
+
 def test_run_json_and_log_line_give_the_calls(run_input, tmp_path, caplog):
     files, manifest, _ = run_input
     with caplog.at_level(logging.INFO, logger="virnucpro"):

@@ -26,16 +26,20 @@ log = logging.getLogger(__name__)
 
 CLASSIFY_BATCH = 4096
 MODEL_LABEL = {"dnabert": "DNABERT-S", "esm2": "ESM-2"}
+# (DNABERT-S, ESM-2) precisions that differ yet belong together: --precision fp8 runs ESM-2
+# at fp8 and DNABERT-S at bf16 (embed.DnaBertEmbedder.runs_at).
+PRECISIONS_TOGETHER = {("bf16", "fp8")}
 
 
 def check_provenance(
     dna_path: Path, esm_path: Path, chunk_size: int, classifier_path: Path
 ) -> str | None:
     """Refuse feature files that do not belong together, from what each records (embed's
-    metadata): swapped, made by the wrong model, at different precisions or chunk sizes, or
-    at a chunk size other than classify's (the classifier's). Returns what could not be
-    checked, as a warning for later: what a file does not record (virnucpro 0.1.0 files, or
-    frames prepared without prepare's header note); nothing for files without rows."""
+    metadata): swapped, made by the wrong model, at different precisions (but for the pair
+    --precision fp8 makes, PRECISIONS_TOGETHER) or chunk sizes, or at a chunk size other
+    than classify's (the classifier's). Returns what could not be checked, as a warning for
+    later: what a file does not record (virnucpro 0.1.0 files, or frames prepared without
+    prepare's header note); nothing for files without rows."""
     dna, esm = read_metadata(dna_path), read_metadata(esm_path)
     dna_kind, esm_kind = dna.get(KIND), esm.get(KIND)
     if (dna_kind, esm_kind) == ("esm2", "dnabert"):
@@ -50,7 +54,12 @@ def check_provenance(
                 f"{path}: {MODEL_LABEL.get(kind, repr(kind))} features, but the {position} "
                 f"feature file must hold {MODEL_LABEL[expected]} features"
             )
-    if PRECISION in dna and PRECISION in esm and dna[PRECISION] != esm[PRECISION]:
+    precisions = (dna.get(PRECISION), esm.get(PRECISION))
+    if (
+        None not in precisions
+        and len(set(precisions)) > 1
+        and precisions not in PRECISIONS_TOGETHER
+    ):
         raise VirnucproError(
             f"{esm_path}: made at precision {esm[PRECISION]}, {dna_path} at {dna[PRECISION]}"
         )
@@ -106,6 +115,12 @@ def score(model: MLPClassifier, features: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, 2)
 
 
+def viral_frames(scores: np.ndarray) -> np.ndarray:
+    """Each frame's call from its scores (N, 2) as score gives them: virus iff score2 >
+    score1, i.e. score2 > 0.5 (the original's argmax: a tie is others)."""
+    return scores[:, 1] > scores[:, 0]
+
+
 def scores_prefix(dna_path: Path) -> str:
     name = Path(dna_path).name
     for suffix in (FEATURES["dnabert"], ".safetensors"):
@@ -139,11 +154,11 @@ def classify(
     outdir.mkdir(parents=True, exist_ok=True)
     prefix = scores_prefix(dna_path)
     tsv, meta = scores_files(outdir, prefix)
+    viral = viral_frames(probabilities)
     with atomic_writer(tsv) as out:
         out.write(SCORES_HEADER)
-        for frame_id, (others, virus) in zip(ids, probabilities, strict=True):
-            # argmax as the original: ties go to index 0 (others)
-            label = "virus" if virus > others else "others"
+        for frame_id, (others, virus), is_viral in zip(ids, probabilities, viral, strict=True):
+            label = "virus" if is_viral else "others"
             # str() of a float32 is what the original wrote (shortest repr; f-string format is not)
             out.write(f"{frame_id}\t{label}\t{str(np.float32(others))}\t{str(np.float32(virus))}\n")
     record = {

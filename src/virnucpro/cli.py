@@ -45,6 +45,7 @@ class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+    fp8 = "fp8"
 
 
 class FeatureDtype(str, Enum):
@@ -101,12 +102,14 @@ Device = Annotated[
         "cuda:N: that GPU, unclaimed.",
     ),
 ]
+AUTO_HELP = "auto = bf16 on GPUs of compute capability >= 8.0, else fp32."
+FP8_HELP = (
+    "fp8: ESM-2's linear layers in FP8 on GPUs of compute capability >= 8.9 (Ada, Hopper), "
+    "DNABERT-S at bf16; never chosen by auto; use with --compile for speed; check agreement "
+    "first with 'virnucpro check-precision'."
+)
 PrecisionOpt = Annotated[
-    Precision,
-    typer.Option(
-        rich_help_panel=HARDWARE,
-        help="auto = bf16 on GPUs of compute capability >= 8.0, else fp32.",
-    ),
+    Precision, typer.Option(rich_help_panel=HARDWARE, help=f"{AUTO_HELP} {FP8_HELP}")
 ]
 ChunkSizeOpt = Annotated[
     ChunkSize, typer.Option("--chunk-size", rich_help_panel=IO, help="Chunk length in bp.")
@@ -333,6 +336,102 @@ def predict(
         raise typer.Exit(3)
 
 
+class ComparedPrecision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp8 = "fp8"
+
+
+class ReferencePrecision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+@app.command("check-precision", rich_help_panel=END_TO_END)
+def check_precision(
+    input: Annotated[Path, typer.Argument(help="Nucleotide FASTA (plain or .gz).")],
+    precision: Annotated[
+        list[ComparedPrecision] | None,
+        typer.Option(
+            "--precision",
+            rich_help_panel=HARDWARE,
+            help="A precision to compare with the reference; repeat for more. Default: bf16 "
+            "and fp8 (fp8 left out on a GPU without FP8 tensor cores; asked for there, an "
+            "error). On the CPU fp8 is a simulation through torch's CPU FP8 kernel: the GPU's "
+            "FP8 math, slowly (its agreement is an FP8 GPU's, its time is not).",
+            show_default=False,
+        ),
+    ] = None,
+    reference: Annotated[
+        ReferencePrecision,
+        typer.Option(
+            rich_help_panel=HARDWARE,
+            help="Precision compared against (DNABERT-S runs at it for every row).",
+        ),  # fmt: skip
+    ] = ReferencePrecision.fp32,
+    sample: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            metavar="N",
+            rich_help_panel=IO,
+            help="Sequences to check, drawn from the whole input (seeded reservoir sampling: "
+            "each sequence equally likely, wherever it is in the file; all of them if fewer).",
+        ),
+    ] = 200,
+    seed: Annotated[int, typer.Option(rich_help_panel=IO, help="Seed of the sample.")] = 0,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", metavar="PATH", rich_help_panel=IO, help="Also write the report as JSON."
+        ),
+    ] = None,
+    models: ModelsDir = None,
+    esm_model: EsmModel = None,
+    dnabert_model: DnabertModel = None,
+    classifier: ClassifierFile = None,
+    chunk_size: ChunkSizeOpt = ChunkSize.c500,
+    device: Device = "auto",
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            rich_help_panel=HARDWARE,
+            help="torch.compile ESM-2's layers in every pass (as predict --compile): the "
+            "times of the compiled model; the agreement can differ slightly.",
+        ),
+    ] = False,
+    threads: Threads = None,
+) -> None:
+    """Before relying on --precision fp8 (or bf16): how far ESM-2 at that precision moves the
+    features and the calls from a reference (fp32), on a sample of your input.
+
+    The sample is prepared as predict prepares it; DNABERT-S embeds it once, ESM-2 once at
+    the reference and once per compared precision; the classifier scores each. One row per
+    compared precision: per-frame cosine of the ESM-2 features against the reference (min,
+    mean), the largest change of a virus score, frame calls and chunk calls changed (made as
+    classify and summarize make them), and the seconds of its ESM-2 pass. Nothing is
+    written but --json. Exit status 0: it ran (it reports, it does not judge; its last line
+    says whether fp8 meets the project's bar: min cosine >= 0.9995 and at most 0.1% of chunk
+    calls changed). 2: bad input, options or models."""
+    from virnucpro.check_precision import check_precision as run_check
+    from virnucpro.check_precision import format_report
+    from virnucpro.models.files import resolve_models
+
+    _set_threads(threads)
+    size = int(chunk_size.value)
+    paths = resolve_models(models, esm2=esm_model, dnabert=dnabert_model, classifier=classifier,
+                           chunk_size=size)  # fmt: skip
+    report = run_check(
+        input, paths, chunk_size=size, sample=sample,
+        precisions=[p.value for p in precision] if precision else None,
+        reference=reference.value, device=device, compile=compile, seed=seed, json_path=json_out,
+    )  # fmt: skip
+    typer.echo(format_report(report), nl=False)
+
+
 @app.command(rich_help_panel=STAGES)
 def split(
     input: Annotated[Path, typer.Argument(help="Nucleotide FASTA (plain or .gz).")],
@@ -409,7 +508,14 @@ def embed_dna(
     models: ModelsDir = None,
     dnabert_model: DnabertModel = None,
     device: Device = "auto",
-    precision: PrecisionOpt = Precision.auto,
+    precision: Annotated[
+        Precision,
+        typer.Option(
+            rich_help_panel=HARDWARE,
+            help=f"{AUTO_HELP} fp8 runs bf16 here (FP8 is ESM-2's: one --precision fp8 for both "
+            "embedding stages; classify takes ESM-2 fp8 with DNABERT-S bf16 features).",
+        ),
+    ] = Precision.auto,
     dna_batch_size: Annotated[
         int | None,
         typer.Option(min=1, metavar="TOKENS", rich_help_panel=TUNING, help="Tokens per batch."),
@@ -553,6 +659,7 @@ class CachePrecision(str, Enum):
     bf16 = "bf16"
     fp16 = "fp16"
     fp32 = "fp32"
+    fp8 = "fp8"
 
 
 @models_app.command("prepare")
@@ -570,7 +677,10 @@ def models_prepare(
     ] = None,
     precision: Annotated[
         CachePrecision,
-        typer.Option(help="Precision of the ESM-2 copy: the one the GPU tasks run in."),
+        typer.Option(
+            help="Precision of the ESM-2 copy: the one the GPU tasks run in (fp8: the bf16 "
+            "copy, which --precision fp8 loads and quantizes)."
+        ),
     ] = CachePrecision.bf16,
     threads: Threads = None,
 ) -> None:

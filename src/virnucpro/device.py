@@ -12,8 +12,18 @@ from virnucpro.gpu_claim import claim_gpu
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
+# The dtype of a model's weights and activations at each precision. fp8 has none of its own:
+# its model is loaded in bf16 and ESM-2's linear layers are quantized after (models/fp8.py),
+# so everything else runs in bf16 (model_dtype).
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# FP8 tensor cores: Ada (8.9), Hopper (9.0) and newer
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+def model_dtype(precision: str) -> torch.dtype:
+    """The dtype a model is loaded in at ``precision`` (a key of DTYPES, or fp8: bf16)."""
+    return DTYPES["bf16" if precision == "fp8" else precision]
 
 
 def gpu_ids(count: int) -> list[str]:
@@ -64,8 +74,12 @@ def select_device(requested: str = "auto") -> torch.device:
     return device
 
 
-def select_precision(device: torch.device, requested: str = "auto") -> str:
-    """'auto' = bf16 on CUDA compute capability >= 8.0, else fp32. fp16 needs a GPU."""
+def select_precision(
+    device: torch.device, requested: str = "auto", simulate_fp8: bool = False
+) -> str:
+    """'auto' = bf16 on CUDA compute capability >= 8.0, else fp32 (never fp8: it must be asked
+    for). fp16 needs a GPU; fp8 a GPU with FP8 tensor cores (fp8_missing), or with
+    ``simulate_fp8`` the CPU (torch's CPU FP8 kernel: the GPU's math, slowly)."""
     if requested not in PRECISIONS:
         raise VirnucproError(f"--precision: '{requested}' is not one of {', '.join(PRECISIONS)}")
     if requested == "auto":
@@ -74,7 +88,27 @@ def select_precision(device: torch.device, requested: str = "auto") -> str:
         return "fp32"
     if requested == "fp16" and device.type != "cuda":
         raise VirnucproError("--precision fp16: needs a CUDA GPU (use fp32 or bf16 on the CPU)")
+    if requested == "fp8" and not (simulate_fp8 and device.type == "cpu"):
+        missing = fp8_missing(device)
+        if missing:
+            raise VirnucproError(missing)
     return requested
+
+
+def fp8_missing(device: torch.device) -> str | None:
+    """Why ``device`` cannot run --precision fp8, in one line; None if it can (a CUDA GPU of
+    compute capability FP8_MIN_CAPABILITY or newer)."""
+    if device.type == "cuda":
+        capability = tuple(torch.cuda.get_device_capability(device))
+        if capability >= FP8_MIN_CAPABILITY:
+            return None
+        name = torch.cuda.get_device_properties(device).name
+        where = f"{device} ({name}, compute capability {capability[0]}.{capability[1]})"
+    else:
+        where = str(device.type)
+    major, minor = FP8_MIN_CAPABILITY
+    return (f"--precision fp8: needs a GPU with FP8 tensor cores (compute capability "
+            f"{major}.{minor} or newer); {where} has none")  # fmt: skip
 
 
 def describe_device(device: torch.device) -> str:
@@ -87,10 +121,10 @@ def describe_device(device: torch.device) -> str:
     )
 
 
-def setup(device: str, precision: str) -> tuple[torch.device, str]:
-    """Resolve and log device and precision for a model stage."""
+def setup(device: str, precision: str, simulate_fp8: bool = False) -> tuple[torch.device, str]:
+    """Resolve and log device and precision for a model stage (select_precision)."""
     dev = select_device(device)
-    prec = select_precision(dev, precision)
+    prec = select_precision(dev, precision, simulate_fp8)
     if (dev, prec) not in _announced:  # once per process, not once per model
         _announced.add((dev, prec))
         log.info("device %s, precision %s", describe_device(dev), prec)

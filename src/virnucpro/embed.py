@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from virnucpro.device import DTYPES, setup
+from virnucpro.device import DTYPES, model_dtype, setup
 from virnucpro.errors import VirnucproError
 from virnucpro.fasta import _open_text, count_records, read_fasta
 from virnucpro.features import (
@@ -45,6 +45,7 @@ from virnucpro.features import (
 from virnucpro.models.compile import compile_model
 from virnucpro.models.dnabert import DnaBert
 from virnucpro.models.files import sha256
+from virnucpro.models.fp8 import to_fp8
 from virnucpro.models.load import load_dnabert, load_esm2
 from virnucpro.models.tokenizers import PAD_IDX, DnaTokenizer, tokenize_protein
 from virnucpro.paths import CHUNK_SIZE_NOTE, features_file
@@ -226,7 +227,12 @@ class Embedder(ABC):
     @classmethod
     @abstractmethod
     def load(cls, path: Path, device: torch.device, precision: str) -> Embedder:
-        """The model at ``path`` on ``device`` in ``precision`` (a key of DTYPES)."""
+        """The model at ``path`` on ``device`` in ``precision`` (a key of DTYPES, or fp8)."""
+
+    @classmethod
+    def runs_at(cls, precision: str) -> str:
+        """The precision this model runs at when ``precision`` is asked for: the same."""
+        return precision
 
     @property
     @abstractmethod
@@ -303,8 +309,18 @@ class DnaBertEmbedder(Embedder):
 
     @classmethod
     def load(cls, path: Path, device: torch.device, precision: str) -> DnaBertEmbedder:
+        precision = cls.runs_at(precision)
         model, tokenizer = load_dnabert(path, device, DTYPES[precision])
         return cls(model, tokenizer, path, device, precision)
+
+    @classmethod
+    def runs_at(cls, precision: str) -> str:
+        """fp8 is ESM-2's: DNABERT-S runs at bf16 under it (about 5% of the compute, too
+        little for FP8 to pay), and its features record bf16."""
+        if precision != "fp8":
+            return precision
+        log.info("DNABERT-S runs at bf16 under --precision fp8 (FP8 is for ESM-2 only)")
+        return "bf16"
 
     @property
     def dim(self) -> int:
@@ -348,8 +364,13 @@ class Esm2Embedder(Embedder):
 
     @classmethod
     def load(cls, path: Path, device: torch.device, precision: str) -> Esm2Embedder:
+        """fp8: loaded in bf16, then every layer's four linear layers swapped for FP8 ones
+        (models/fp8.py); the rest of the model runs in bf16."""
         # from the ready-to-load copy `models prepare` made, if there is one
-        return cls(load_esm2(path, device, DTYPES[precision]), path, device, precision)
+        model = load_esm2(path, device, model_dtype(precision))
+        if precision == "fp8":
+            to_fp8(model)
+        return cls(model, path, device, precision)
 
     @property
     def dim(self) -> int:
@@ -403,15 +424,22 @@ def warm_up(embedder: Embedder) -> None:
 
 
 def load_embedder(
-    kind: str, path: Path, device: str = "auto", precision: str = "auto", compile: bool = False
+    kind: str,
+    path: Path,
+    device: str = "auto",
+    precision: str = "auto",
+    compile: bool = False,
+    simulate_fp8: bool = False,
 ) -> Embedder:
     """Load a model for embedding: "dnabert" (a DNABERT-S directory) or "esm2" (an ESM-2
     checkpoint, from the ready-to-load copy `models prepare` made, if there is one).
+    ``precision`` as device.select_precision takes it; fp8 is ESM-2's (DNABERT-S runs bf16),
+    and on the CPU only with ``simulate_fp8`` (check-precision).
     ``compile``: the model's compiled parts through torch.compile (models/compile.py), warmed
     up here, so the load time includes the compile."""
     if kind not in EMBEDDERS:
         raise ValueError(f"unknown model kind {kind!r}")
-    dev, prec = setup(device, precision)
+    dev, prec = setup(device, EMBEDDERS[kind].runs_at(precision), simulate_fp8)
     started = time.perf_counter()
     embedder = EMBEDDERS[kind].load(path, dev, prec)
     if compile:

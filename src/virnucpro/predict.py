@@ -173,6 +173,10 @@ def _plan(input_path: Path, outdir: Path, models: ModelPaths, devices: list[str]
     import torch
 
     check_outdir(outdir, resume, input_path)
+    # every worker's device must take the precision (fp8: FP8 tensor cores), checked before
+    # anything is written; the first worker's is the run's
+    precisions = [select_precision(torch.device(d), options["precision"])
+                  for d in dict.fromkeys(devices)]  # fmt: skip
     created = _first_missing(outdir)  # removed again if the input is rejected
     work = outdir / WORK_DIRNAME
     threads = options["threads"] or max(1, (os.cpu_count() or 1) // len(devices))
@@ -184,7 +188,7 @@ def _plan(input_path: Path, outdir: Path, models: ModelPaths, devices: list[str]
         "models": [sha256(p) for p in (models.esm2, models.dnabert, models.classifier)],
         "chunk_size": options["chunk_size"], "feature_dtype": options["feature_dtype"],
         "compile": options["compile"],
-        "precision": select_precision(torch.device(devices[0]), options["precision"]),
+        "precision": precisions[0],
         "device_type": "cpu" if on_cpu else "cuda", "threads": threads if on_cpu else None,
     }  # fmt: skip
     return _Plan(input_path, outdir, work, devices, threads, parameters, _read_owner(work),

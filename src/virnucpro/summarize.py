@@ -17,7 +17,7 @@ import shutil
 import statistics
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +171,23 @@ def _sequence_of(frame_id: str) -> tuple[str, str]:
     """frame ID '{seq}_chunk_{k}{F|R}{f}' -> (sequence ID, chunk ID)."""
     chunk_id = frame_id[:-2]
     return chunk_id.rsplit("_chunk_", 1)[0], chunk_id
+
+
+def call_chunks(best: np.ndarray) -> np.ndarray:
+    """Each chunk's call from its [max score1, max score2] over its frames (rows of a float32
+    array, like the original): viral iff max score2 >= max score1."""
+    return best[:, 1] >= best[:, 0]
+
+
+def chunk_calls(frame_ids: Iterable[str], scores: np.ndarray) -> dict[str, bool]:
+    """{chunk ID: viral} of frames and their scores (N, 2: score1, score2), as summarize
+    calls chunks (call_chunks), in the order the chunks first appear."""
+    best: dict[str, list[float]] = {}
+    for frame_id, (score1, score2) in zip(frame_ids, np.asarray(scores).tolist(), strict=True):
+        chunk = best.setdefault(_sequence_of(frame_id)[1], [score1, score2])
+        chunk[0], chunk[1] = max(chunk[0], score1), max(chunk[1], score2)
+    maxima = np.array(list(best.values()), dtype=np.float32).reshape(len(best), 2)
+    return dict(zip(best, call_chunks(maxima).tolist(), strict=True))
 
 
 def call(viral_chunks: int, chunks_scored: int, threshold: float) -> str:
@@ -352,7 +369,7 @@ def _summarize_shard(
         scored = len(seq.chunks)
         # float32 like the original: [[max score1, max score2] per chunk]
         best = np.array(list(seq.chunks.values()), dtype=np.float32).reshape(scored, 2)
-        viral_chunks = best[:, 1] >= best[:, 0]
+        viral_chunks = call_chunks(best)
         viral = int(viral_chunks.sum())
         mean = statistics.fmean(best[:, 1].tolist()) if scored else None
         sequence_call = call(viral, scored, threshold)

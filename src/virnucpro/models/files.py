@@ -213,17 +213,18 @@ def _link_entries(source: Path, target: Path) -> None:
 
 def prepare_models(models_dir: Path, outdir: Path | None = None, precision: str = "bf16") -> Path:
     """Make later loads fast, once: the sha256 sidecar of each model and ESM-2's
-    ready-to-load copy in ``precision`` (bf16, fp16 or fp32). Written into ``models_dir``
-    itself, or with ``outdir`` into that directory, which then also holds absolute symlinks
-    to the entries of ``models_dir`` (left untouched: a read-only store works). Returns the
-    directory to pass as --models. Nothing else ever writes into a models directory."""
-    from virnucpro.device import DTYPES
+    ready-to-load copy in ``precision`` (bf16, fp16 or fp32; fp8: the bf16 copy, which fp8
+    loads and quantizes). Written into ``models_dir`` itself, or with ``outdir`` into that
+    directory, which then also holds absolute symlinks to the entries of ``models_dir``
+    (left untouched: a read-only store works). Returns the directory to pass as --models.
+    Nothing else ever writes into a models directory."""
+    from virnucpro.device import DTYPES, model_dtype
 
     source = Path(models_dir)
     if not source.is_dir():
         raise VirnucproError(f"{source}: models directory not found")
-    if precision not in DTYPES:
-        raise VirnucproError(f"--precision: '{precision}' is not one of {', '.join(DTYPES)}")
+    if precision not in (*DTYPES, "fp8"):
+        raise VirnucproError(f"--precision: '{precision}' is not one of {', '.join(DTYPES)}, fp8")
     target = source
     if outdir is not None and Path(outdir).resolve() != source.resolve():
         target = Path(outdir)
@@ -238,7 +239,7 @@ def prepare_models(models_dir: Path, outdir: Path | None = None, precision: str 
     for path in models:
         write_sha256_sidecar(path)
     if esm2 is not None:
-        write_esm2_cache(esm2, DTYPES[precision])
+        write_esm2_cache(esm2, model_dtype(precision))
     return target
 
 
