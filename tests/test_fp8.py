@@ -178,8 +178,10 @@ def test_compiled_fp8_layers_agree_with_eager_and_one_graph_serves_every_layer()
     rng = random.Random(0)
     tokens = [[0] + [rng.randrange(4, 24) for _ in range(rng.randint(1, 60))] + [2]
               for _ in range(40)]  # fmt: skip
+    # and batches whose token count is a multiple of 16 (the FP8 kernels' row multiple)
+    tokens += [[0] + [rng.randrange(4, 24) for _ in range(18)] + [2] for _ in range(32)]
     with torch.inference_mode():
-        expected, got = eager.queue(tokens, 512).gather(), compiled.queue(tokens, 512).gather()
+        expected, got = eager.queue(tokens, 320).gather(), compiled.queue(tokens, 320).gather()
     # not bit-equal: fused kernels round bf16 differently, and a rounding that moves an
     # activation across an e4m3 step moves it by up to 1/16
     cosine = torch.nn.functional.cosine_similarity(got.double(), expected.double())
