@@ -405,7 +405,7 @@ def test_esm2_at_fp8_is_bf16_with_fp8_linear_layers_and_says_fp8(demo, models, t
     fp8 = Esm2Embedder.load(demo / "esm2.pt", torch.device("cpu"), "fp8")
     assert fp8.precision == "fp8"
     for layer in fp8.model.layers:
-        linears = (layer.self_attn.qkv, layer.self_attn.out_proj, layer.fc1, layer.fc2)
+        linears = (layer.qkv, layer.out_proj, layer.fc1, layer.fc2)
         assert all(isinstance(linear, Fp8Linear) for linear in linears)
     assert {p.dtype for p in fp8.model.parameters()} == {torch.bfloat16}
     path = prepared(tmp_path, 40)["esm2"]

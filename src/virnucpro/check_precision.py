@@ -202,17 +202,17 @@ def verdict(rows: list[dict]) -> str:
     """The report's last line: whether the fp8 row meets the bar, and if not, why."""
     row = next((r for r in rows if r["precision"] == "fp8"), None)
     if row is None:
-        return f"fp8 not compared: no verdict on the bar for fp8 ({BAR})"
+        return f"fp8 not compared: no verdict on the project's bar ({BAR})"
     name = "fp8 (simulated)" if row["simulated"] else "fp8"
     if meets_bar(row):
-        return f"{name} meets the bar for fp8 ({BAR})"
+        return f"{name} meets the project's bar ({BAR})"
     why = []
     if row["min_cosine"] < FP8_BAR_MIN_COSINE:
         why.append(f"min cosine {row['min_cosine']:.6f} < {FP8_BAR_MIN_COSINE}")
     if row["chunk_calls_changed"] > FP8_BAR_MAX_CHUNK_CHANGES * row["chunks"]:
         why.append(f"{row['chunk_calls_changed_percent']:.2f}% of chunk calls changed > "
                    f"{FP8_BAR_MAX_CHUNK_CHANGES:.1%}")  # fmt: skip
-    return f"{name} does not meet the bar for fp8 ({BAR}): {'; '.join(why)}"
+    return f"{name} does not meet the project's bar ({BAR}): {'; '.join(why)}"
 
 
 def _check_json_path(path: Path | None) -> None:
