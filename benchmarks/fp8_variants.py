@@ -11,9 +11,10 @@ between its mean embedding and fp32's and bf16's; virus scores and calls from a 
 classifier of VirNucPro's shape on [DNABERT-S part, ESM-2 part] with a fixed random
 DNABERT-S part, compared with bf16's: the largest virus-score difference, frames and chunks
 whose call changed (a chunk is viral when its best virus score >= its best other score, as
-summarize calls it). Speed: ESM-2 tokens/s of the product's embedder, compiled as --compile
-compiles it, on --speed-frames shuffled frames. Weights are random: real ones cannot be
-downloaded here, and a random classifier's calls are only a proxy for the real one's.
+summarize calls it; their own functions). Speed: ESM-2 tokens/s of the product's embedder,
+compiled as --compile compiles it, on --speed-frames shuffled frames. Weights are random:
+real ones cannot be downloaded here, and a random classifier's calls are only a proxy for
+the real one's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import json
 import random
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gpu_benchmark import compiled_graphs, sync, write_input  # noqa: E402
 
-from virnucpro.classify import score  # noqa: E402
+from virnucpro.classify import score, viral_frames  # noqa: E402
 from virnucpro.embed import Esm2Embedder  # noqa: E402
 from virnucpro.fasta import read_fasta  # noqa: E402
 from virnucpro.models.classifier import MLPClassifier  # noqa: E402
@@ -44,6 +44,7 @@ from virnucpro.models.esm2 import ESM2, ESM2Config  # noqa: E402
 from virnucpro.models.fp8 import to_fp8  # noqa: E402
 from virnucpro.models.tokenizers import tokenize_protein  # noqa: E402
 from virnucpro.prepare import prepare  # noqa: E402
+from virnucpro.summarize import chunk_calls  # noqa: E402
 
 MLP = ("fc1", "fc2")
 PLAIN = dict(fast_accumulation=False, mean_correction=None)
@@ -118,19 +119,12 @@ def cosines(x: torch.Tensor, reference: torch.Tensor) -> dict:
     return {"min": cosine.min().item(), "mean": cosine.mean().item()}
 
 
-def calls(scores: torch.Tensor, frame_ids: list[str]) -> tuple[torch.Tensor, dict[str, bool]]:
-    """Frame calls (virus > others) and chunk calls (best virus >= best others)."""
-    best: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for frame_id, (others, virus) in zip(frame_ids, scores.tolist(), strict=True):
-        chunk = best[frame_id[:-2]]
-        chunk[0], chunk[1] = max(chunk[0], others), max(chunk[1], virus)
-    chunk_calls = {chunk: pair[1] >= pair[0] for chunk, pair in best.items()}
-    return scores[:, 1] > scores[:, 0], chunk_calls
-
-
 def compare_calls(scores: torch.Tensor, reference: torch.Tensor, frame_ids: list[str]) -> dict:
-    frames, chunks = calls(scores, frame_ids)
-    ref_frames, ref_chunks = calls(reference, frame_ids)
+    """Frame and chunk calls changed from the reference's, by classify's and summarize's
+    rules."""
+    frames, ref_frames = viral_frames(scores.numpy()), viral_frames(reference.numpy())
+    chunks = chunk_calls(frame_ids, scores.numpy())
+    ref_chunks = chunk_calls(frame_ids, reference.numpy())
     return {"max_virus_score_diff": (scores[:, 1] - reference[:, 1]).abs().max().item(),
             "frame_calls_changed": int((frames != ref_frames).sum()),
             "chunk_calls_changed": sum(chunks[c] != ref_chunks[c] for c in chunks)}  # fmt: skip

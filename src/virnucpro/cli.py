@@ -360,7 +360,8 @@ def check_precision(
             help="A precision to compare with the reference; repeat for more. Default: bf16 "
             "and fp8 (fp8 left out on a GPU without FP8 tensor cores; asked for there, an "
             "error). On the CPU fp8 is a simulation through torch's CPU FP8 kernel: the GPU's "
-            "FP8 math, slowly (its agreement is an FP8 GPU's, its time is not).",
+            "FP8 quantization with exact accumulation, slowly (its agreement is close to an FP8 "
+            "GPU's, its time is not).",
             show_default=False,
         ),
     ] = None,

@@ -7,10 +7,15 @@ applied to its float32 accumulation; the bias is added after, in bf16.
 
 Mean correction: VirNucPro reads ESM-2 as a mean over each protein's tokens, and FP8's error
 has a part shared by a sequence's tokens (the weight's rounding, the same for every token)
-that a mean does not average away. With ``mean_correction`` each sequence's mean output is
-replaced by the bf16 product of its mean input, (mean x) W^T, a (B, K) x (K, N) product that
-costs about one token per sequence; only the deviations from the mean carry FP8's error.
-The layer then keeps its bf16 weight too.
+that a mean does not average away. ``mean_correction="weight"`` (`--precision fp8`) adds back,
+per sequence, (mean x) (W - W_fp8)^T, the weight rounding's share of the mean output: a
+(B, K) x (K, N) bf16 product, about one token's cost per sequence, with the residue
+W - W_fp8 kept in bf16. ``"output"`` (benchmarks only: more exact, slower) replaces the mean
+output with the bf16 product (mean x) W^T, which also removes the activations' share; it keeps
+the bf16 weight. Either way only the deviations from the mean carry FP8's error. The means are
+over a sequence's real tokens (padding excluded, BOS and EOS included); the feature VirNucPro
+pools is residues 1..1024, which differs by those two tokens and by residues past 1024: a
+small mismatch, kept so that the layers need not know the pooling rule.
 
 Applied from outside, like --compile: to_fp8 swaps a loaded model's nn.Linear layers.
 """
@@ -34,7 +39,9 @@ MEAN_CORRECTIONS = (None, "weight", "output")
 def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """e4m3 values and float32 scales of x (..., K), one scale per row: x ~ q * scale."""
     amax = x.abs().amax(dim=-1, keepdim=True).float()
-    scale = amax.clamp(min=torch.finfo(torch.float32).tiny) / E4M3_MAX
+    # clamped after the division: a zero row gets the smallest normal scale, not a subnormal
+    # one that a kernel flushing subnormals to zero would turn into 0/0
+    scale = (amax / E4M3_MAX).clamp(min=torch.finfo(torch.float32).tiny)
     return (x.float() / scale).to(E4M3), scale
 
 
@@ -57,11 +64,11 @@ class Fp8Linear(nn.Module):
         self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())  # (1, out)
         if mean_correction == "weight":  # what rounding took from the weight, in bf16
             residue = weight.float() - values.float() * scale
-            self.register_buffer("weight_bf16", residue.to(torch.bfloat16))
+            self.register_buffer("correction_weight", residue.to(torch.bfloat16))
         elif mean_correction == "output":
-            self.register_buffer("weight_bf16", weight.to(torch.bfloat16))
+            self.register_buffer("correction_weight", weight.to(torch.bfloat16))
         else:
-            self.register_buffer("weight_bf16", None)
+            self.register_buffer("correction_weight", None)
         bias = linear.bias.detach().to(torch.bfloat16) if linear.bias is not None else None
         self.register_buffer("bias", bias)
         self.fast_accumulation = fast_accumulation
@@ -83,7 +90,7 @@ class Fp8Linear(nn.Module):
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         out = self.product(x)
         if self.mean_correction and x.dim() == 3:
-            shift = token_mean(x, keep).to(torch.bfloat16) @ self.weight_bf16.t()  # (B, out)
+            shift = token_mean(x, keep).to(torch.bfloat16) @ self.correction_weight.t()  # (B, out)
             shift = shift.float()
             if self.mean_correction == "output":
                 shift = shift - token_mean(out, keep)
@@ -138,18 +145,15 @@ def to_fp8(
     linears: Collection[str] = ESM2_LINEARS,
     fast_accumulation: bool = True,
     mean_correction: str | None = "weight",
-    bf16_layers: Collection[int] = (),
 ) -> ESM2:
     """Make the named linear layers of every ESM-2 layer (qkv, out_proj: the attention's;
-    fc1, fc2: the MLP's) Fp8Linear, in place, except in the layers numbered in
-    ``bf16_layers``; returns the model. The defaults are `--precision fp8`'s scheme, chosen
-    by benchmarks/fp8_variants.py (benchmarks/README.md, "FP8 ESM-2")."""
+    fc1, fc2: the MLP's) Fp8Linear, in place; returns the model. The defaults are
+    `--precision fp8`'s scheme, chosen by benchmarks/fp8_variants.py (benchmarks/README.md,
+    "FP8 ESM-2")."""
     unknown = set(linears) - set(ESM2_LINEARS)
     if unknown:
         raise ValueError(f"not ESM-2 linear layers: {', '.join(sorted(unknown))}")
     for number, layer in enumerate(model.layers):
-        if number in bf16_layers:
-            continue
         fp8 = Fp8Layer(layer)
         for name in linears:
             setattr(fp8, name, Fp8Linear(getattr(fp8, name), fast_accumulation, mean_correction))
