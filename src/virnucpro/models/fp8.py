@@ -102,8 +102,8 @@ class Fp8Linear(nn.Module):
 
 def token_mean(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """Mean over dim 1 of x (B, T, K), in float32, of the tokens keep (B, T) marks. A plain
-    reduction, not a batched product: compiled, it fuses with the op that makes x, which
-    then need not be written out."""
+    reduction rather than a batched product, so that the compiler may fuse it with the op
+    that makes x."""
     if keep is None:
         return x.float().mean(1)
     weights = keep.float() / keep.sum(1, keepdim=True)
