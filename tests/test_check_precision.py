@@ -28,17 +28,6 @@ ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "COLUMNS": "200",
 FP8_BAR = "(min cosine >= 0.9995 and at most 0.1% of chunk calls changed)"
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    from virnucpro.models.demo import write_demo_models
-    from virnucpro.models.files import prepare_models
-
-    directory = tmp_path_factory.mktemp("models") / "demo"
-    write_demo_models(directory)
-    prepare_models(directory)
-    return directory
-
-
 @pytest.fixture
 def private_tmp(tmp_path, monkeypatch) -> Path:
     """tempfile's directory, to see that the work directory goes away."""

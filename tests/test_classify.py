@@ -165,17 +165,6 @@ def test_files_without_rows_need_no_provenance(tmp_path, classifier, caplog):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    from virnucpro.models.demo import write_demo_models
-    from virnucpro.models.files import prepare_models
-
-    directory = tmp_path_factory.mktemp("models") / "demo"
-    write_demo_models(directory)
-    prepare_models(directory)
-    return directory
-
-
 def cli(monkeypatch, capsys, *args) -> tuple[int, str]:
     """``virnucpro ARGS`` in this process: exit status and stderr."""
     from virnucpro import cli as cli_module

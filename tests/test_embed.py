@@ -315,17 +315,6 @@ def test_collector_paused_restores_the_collector_as_it_was():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from virnucpro.models.demo import write_demo_models
-    from virnucpro.models.files import prepare_models
-
-    directory = tmp_path_factory.mktemp("models") / "demo"
-    write_demo_models(directory)
-    prepare_models(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def models(demo):
     from virnucpro.embed import load_embedder
     from virnucpro.paths import DNABERT_DIRNAME
