@@ -12,7 +12,9 @@ classifier of VirNucPro's shape on [DNABERT-S part, ESM-2 part] with a fixed ran
 DNABERT-S part, compared with bf16's: the largest virus-score difference, frames and chunks
 whose call changed (a chunk is viral when its best virus score >= its best other score, as
 summarize calls it; their own functions). Speed: ESM-2 tokens/s of the product's embedder,
-compiled as --compile compiles it, on --speed-frames shuffled frames. Weights are random:
+compiled as --compile compiles it, on --speed-frames shuffled frames. On the GPU, variants with
+all four linears in FP8 and no "output" correction run models/fp8_kernels.py's fused kernels
+(as --precision fp8 does); the others run models/fp8.py's op-by-op path. Weights are random:
 real ones cannot be downloaded here, and a random classifier's calls are only a proxy for
 the real one's.
 """

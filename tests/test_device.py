@@ -130,6 +130,18 @@ def test_fp8_is_taken_on_ada_hopper_and_newer_but_never_chosen_by_auto(monkeypat
     assert device.select_precision(gpu, "auto") == "bf16"
 
 
+def test_fp8_is_refused_in_one_line_without_triton(monkeypatch):
+    gpu = fake_gpu(monkeypatch, (9, 0), "NVIDIA H200")
+    real = device.importlib.util.find_spec
+    missing = lambda name: None if name == "triton" else real(name)  # noqa: E731
+    monkeypatch.setattr(device.importlib.util, "find_spec", missing)
+    with pytest.raises(VirnucproError) as e:
+        device.select_precision(gpu, "fp8")
+    assert str(e.value) == (
+        "--precision fp8: needs Triton (installed with PyTorch on Linux); not found"
+    )
+
+
 def test_fp8_on_the_cpu_only_as_a_simulation_when_asked():
     cpu = torch.device("cpu")
     assert device.select_precision(cpu, "fp8", simulate_fp8=True) == "fp8"

@@ -3,17 +3,13 @@ dtypes and a CPU _scaled_mm), against plain float64 references."""
 
 from __future__ import annotations
 
-import copy
-import random
-
 import pytest
 import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
-from virnucpro.embed import Esm2Embedder, warm_up
 from virnucpro.models.compile import compile_model
-from virnucpro.models.esm2 import ESM2, ESM2Config, _rotary_tables
+from virnucpro.models.esm2 import ESM2, ESM2Config
 from virnucpro.models.fp8 import E4M3, Fp8Linear, quantize, to_fp8
 
 
@@ -183,28 +179,21 @@ def test_a_sequence_embeds_alike_alone_and_padded_beside_a_longer_one():
     assert (padded - alone).norm() / alone.norm() < 0.015
 
 
-def test_compiled_fp8_layers_agree_with_eager_and_one_graph_serves_every_layer():
+def test_compile_leaves_fp8_layers_to_their_own_kernels():
     torch.manual_seed(10)
     model = ESM2(ESM2Config(num_layers=3, embed_dim=64, attention_heads=4)).eval()
     model = to_fp8(model.to(torch.bfloat16))  # the shipped scheme
-    eager = Esm2Embedder(copy.deepcopy(model))
-    # rotary tables cached by other tests outside inference mode would be guarded on
-    _rotary_tables.cache_clear()
+    tokens = torch.randint(4, 24, (3, 20))
+    tokens[1, 15:] = 1
+    with torch.inference_mode():
+        eager = model(tokens)
     torch._dynamo.reset()
     before = counters["stats"]["unique_graphs"]
-    compiled = Esm2Embedder(compile_model(model))
-    warm_up(compiled)
-    after_warm_up = counters["stats"]["unique_graphs"]
-    assert after_warm_up - before == 2  # one layer function, padded and unpadded batches
-    rng = random.Random(0)
-    tokens = [[0] + [rng.randrange(4, 24) for _ in range(rng.randint(1, 60))] + [2]
-              for _ in range(40)]  # fmt: skip
-    # and batches whose token count is a multiple of 16 (the FP8 kernels' row multiple)
-    tokens += [[0] + [rng.randrange(4, 24) for _ in range(18)] + [2] for _ in range(32)]
+    compile_model(model)
     with torch.inference_mode():
-        expected, got = eager.queue(tokens, 320).gather(), compiled.queue(tokens, 320).gather()
-    # not bit-equal: fused kernels round bf16 differently, and a rounding that moves an
-    # activation across an e4m3 step moves it by up to 1/16
-    cosine = torch.nn.functional.cosine_similarity(got.double(), expected.double())
-    assert bool((cosine > 0.999).all()), cosine.min()
-    assert counters["stats"]["unique_graphs"] == after_warm_up
+        compiled = model(tokens)
+    # nothing of an FP8 layer goes through torch.compile: its own Triton kernels fuse what
+    # the compiler would (models/fp8_kernels.py)
+    assert counters["stats"]["unique_graphs"] == before
+    assert all("forward" not in vars(layer) for layer in model.layers)
+    assert torch.equal(compiled, eager)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 
@@ -101,6 +102,8 @@ def fp8_missing(device: torch.device) -> str | None:
     if device.type == "cuda":
         capability = tuple(torch.cuda.get_device_capability(device))
         if capability >= FP8_MIN_CAPABILITY:
+            if importlib.util.find_spec("triton") is None:  # its kernels: models/fp8_kernels.py
+                return "--precision fp8: needs Triton (installed with PyTorch on Linux); not found"
             return None
         name = torch.cuda.get_device_properties(device).name
         where = f"{device} ({name}, compute capability {capability[0]}.{capability[1]})"

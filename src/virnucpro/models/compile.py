@@ -2,10 +2,9 @@
 
 ESM-2: only SelfAttention.project (q/k/v projection and rotary rotation) is compiled; its
 norms, GELU and adds run faster as ATen's own kernels than as the ones compiled with dynamic
-shapes. ESM-2 in FP8 (models/fp8.py): each whole layer, so that the activations' FP8
-quantization fuses with the norms and GELU that produce them. DNABERT-S: the whole
-DnaBert.encode (every layer with its attention), since its layers are small enough that
-launching them one at a time left the GPU waiting for the host.
+shapes. ESM-2 in FP8 (models/fp8.py): nothing; its layers run Triton kernels of their own.
+DNABERT-S: the whole DnaBert.encode (every layer with its attention), since its layers are
+small enough that launching them one at a time left the GPU waiting for the host.
 
 Each method is compiled once, with dynamic shapes, and that one compiled function is shared
 by every layer of every model instance, so no layer or model compiles again. Single-row
@@ -50,9 +49,7 @@ def compile_model(model: ESM2 | DnaBert) -> ESM2 | DnaBert:
     """Route ``model``'s compiled parts through torch.compile (in place); returns it."""
     if isinstance(model, ESM2):
         for layer in model.layers:
-            if isinstance(layer, Fp8Layer):
-                _swap_in(layer, "forward", Fp8Layer.forward)
-            else:
+            if not isinstance(layer, Fp8Layer):  # FP8 layers run Triton kernels of their own
                 _swap_in(layer.self_attn, "project", SelfAttention.project)
     elif isinstance(model, DnaBert):
         _swap_in(model, "encode", DnaBert.encode)

@@ -17,18 +17,25 @@ over a sequence's real tokens (padding excluded, BOS and EOS included); the feat
 pools is residues 1..1024, which differs by those two tokens and by residues past 1024: a
 small mismatch, kept so that the layers need not know the pooling rule.
 
-Applied from outside, like --compile: to_fp8 swaps a loaded model's nn.Linear layers.
+Applied from outside, like --compile: to_fp8 swaps a loaded model's nn.Linear layers. On a GPU
+an Fp8Layer runs the Triton kernels of models/fp8_kernels.py, which make each activation's
+e4m3 rows (and the token means) in the pass that makes the activation; on the CPU, and as the
+reference those kernels are tested against, it runs op by op (Fp8Layer's docstring).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.models.esm2 import ESM2, Layer, _rotate
+
+if TYPE_CHECKING:
+    from virnucpro.models.fp8_kernels import Rows
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max
@@ -87,6 +94,22 @@ class Fp8Linear(nn.Module):
                                use_fast_accum=self.fast_accumulation)[:count]  # fmt: skip
         return out.reshape(*x.shape[:-1], -1)
 
+    def product_of(self, rows: Rows, shape: tuple[int, int], bias: bool = False) -> torch.Tensor:
+        """x W^T, bf16 (B, T, out), of x already in e4m3 (rows(): the fused path); with the
+        bias if ``bias``."""
+        b, t = shape
+        out = torch._scaled_mm(rows.values, self.weight.t(), scale_a=rows.scales,
+                               scale_b=self.weight_scale, bias=self.bias if bias else None,
+                               out_dtype=torch.bfloat16,
+                               use_fast_accum=self.fast_accumulation)  # fmt: skip
+        return out[: b * t].view(b, t, -1)
+
+    def shift(self, means: torch.Tensor | None) -> torch.Tensor | None:
+        """The weight mean correction (B, out), float32, of the inputs' means (B, in)."""
+        if self.mean_correction != "weight":
+            return None
+        return (means.to(torch.bfloat16) @ self.correction_weight.t()).float()
+
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         out = self.product(x)
         if self.mean_correction and x.dim() == 3:
@@ -115,8 +138,18 @@ def _linear(module: nn.Module, x: torch.Tensor, keep: torch.Tensor | None) -> to
 
 
 class Fp8Layer(nn.Module):
-    """An ESM-2 Layer (models/esm2.py; the same math) whose linears may be Fp8Linear, which
-    are given the padding so that their mean correction counts real tokens only."""
+    """An ESM-2 Layer (models/esm2.py; the same math) whose linears may be Fp8Linear.
+
+    Two ways to run it. ``forward_reference``: ESM-2's Layer op by op, each Fp8Linear
+    quantizing its own input (given the padding, so that its mean correction counts real
+    tokens only); the CPU's way and the reference the other is tested against.
+    ``forward_fused``, the GPU's way when all four linears are Fp8Linear without "output"
+    correction: the activations are quantized by the Triton kernels of
+    models/fp8_kernels.py in the pass that makes them (norms, GELU, residual adds), which
+    also add the biases and mean corrections and take the token means the corrections need.
+    """
+
+    run_fused: bool | None = None  # None: fused on a CUDA device (tests set True on the CPU)
 
     def __init__(self, layer: Layer) -> None:
         super().__init__()
@@ -126,7 +159,22 @@ class Fp8Layer(nn.Module):
         self.qkv, self.out_proj = layer.self_attn.qkv, layer.self_attn.out_proj
         self.fc1, self.fc2 = layer.fc1, layer.fc2
 
+    @property
+    def fusable(self) -> bool:
+        linears = (self.qkv, self.out_proj, self.fc1, self.fc2)
+        return all(
+            isinstance(m, Fp8Linear) and m.mean_correction in (None, "weight") for m in linears
+        )
+
     def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        fused = x.is_cuda if self.run_fused is None else self.run_fused
+        if fused and self.fusable:
+            return self.forward_fused(x, cos, sin, mask)
+        return self.forward_reference(x, cos, sin, mask)
+
+    def forward_reference(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
         b, t, d = x.shape
@@ -138,6 +186,35 @@ class Fp8Layer(nn.Module):
         x = x + _linear(self.out_proj, y.transpose(1, 2).reshape(b, t, d), keep)
         h = F.gelu(_linear(self.fc1, self.final_layer_norm(x), keep))
         return x + _linear(self.fc2, h, keep)
+
+    def forward_fused(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        from virnucpro.models.fp8_kernels import rotary, rows  # Triton: imported where it runs
+
+        b, t, d = x.shape
+        keep = None if mask is None else mask[:, 0, 0, :]
+        means = self.qkv.mean_correction == "weight"
+        normed = rows(x, norm=self.self_attn_layer_norm, keep=keep, means=means)
+        h = self.qkv.product_of(normed, (b, t), bias=True)
+        shift = self.qkv.shift(normed.means)
+        q, k, v = rotary(h, None if shift is None else shift[:, : 2 * d], cos, sin, self.heads)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # v's correction added to attention's output instead: each query's attention weights
+        # sum to 1, so shifting every value of a sequence shifts its output alike
+        shift = None if shift is None else shift[:, 2 * d :]
+        attended = rows(y.transpose(1, 2), shift=shift, keep=keep, means=means)
+        o = self.out_proj.product_of(attended, (b, t))
+        shift = self.out_proj.shift(attended.means)
+        normed = rows(x, other=o, bias=self.out_proj.bias, shift=shift,
+                      norm=self.final_layer_norm, keep=keep, means=means)  # fmt: skip
+        x = normed.summed
+        h = self.fc1.product_of(normed, (b, t))
+        activated = rows(h, bias=self.fc1.bias, shift=self.fc1.shift(normed.means), gelu=True,
+                         keep=keep, means=means)  # fmt: skip
+        o = self.fc2.product_of(activated, (b, t))
+        shift = self.fc2.shift(activated.means)
+        return rows(x, other=o, bias=self.fc2.bias, shift=shift, quantize=False).summed
 
 
 def to_fp8(
