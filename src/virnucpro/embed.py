@@ -436,7 +436,7 @@ def load_embedder(
     ``precision`` as device.select_precision takes it; fp8 is ESM-2's (DNABERT-S runs bf16),
     and on the CPU only with ``simulate_fp8`` (check-precision).
     ``compile``: the model's compiled parts through torch.compile (models/compile.py), warmed
-    up here, so the load time includes the compile."""
+    up here, so the load time includes the compile (fp8's kernels likewise)."""
     if kind not in EMBEDDERS:
         raise ValueError(f"unknown model kind {kind!r}")
     dev, prec = setup(device, EMBEDDERS[kind].runs_at(precision), simulate_fp8)
@@ -445,6 +445,9 @@ def load_embedder(
     if compile:
         compile_model(embedder.model)
         embedder.compiled = True
+    # fp8's Triton kernels (models/fp8_kernels.py) are compiled at their first use: warmed up
+    # here too, so that predict's two lanes never compile them at once mid-run
+    if compile or (prec == "fp8" and dev.type == "cuda"):
         warm_up(embedder)
     # The model, and with compile the compiler's state, live as long as the process: frozen,
     # they are no longer walked by every full garbage collection (a compiled model leaves a
