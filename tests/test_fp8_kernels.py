@@ -5,6 +5,11 @@ kernels run in Triton's CPU interpreter (tests/conftest.py)."""
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,3 +196,23 @@ def test_weight_correction_moves_the_fused_means_towards_fp32(monkeypatch):
         corrected = to_fp8(copy.deepcopy(base))(tokens).float().mean(1)
     # measured: 2.1% off without the correction, 1.1% with it (the reference path: 2.1, 1.0)
     assert (corrected - exact).norm() < (plain - exact).norm() / 1.6
+
+
+@pytest.fixture(scope="module")
+def hopper_launches() -> list[dict]:
+    """What one fused layer's kernel launches compile to for sm_90 (tests/fp8_ptx.py)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("fp8_ptx.py")
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_compiled_for_hopper_the_kernels_read_bf16_in_whole_vectors(hopper_launches):
+    # one 16-bit load per element instead of 16-byte vectors: what Triton compiles when it
+    # does not know a stride to be 1 or a multiple of 16 (do_not_specialize)
+    names = {launch["kernel"] for launch in hopper_launches}
+    assert names == {"_rows_kernel", "_rotary_kernel"}
+    assert sum(launch["kernel"] == "_rows_kernel" for launch in hopper_launches) == 5
+    for launch in hopper_launches:
+        assert launch["scalar_16bit_loads"] == 0, launch
