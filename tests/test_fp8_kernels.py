@@ -216,3 +216,9 @@ def test_compiled_for_hopper_the_kernels_read_bf16_in_whole_vectors(hopper_launc
     assert sum(launch["kernel"] == "_rows_kernel" for launch in hopper_launches) == 5
     for launch in hopper_launches:
         assert launch["scalar_16bit_loads"] == 0, launch
+
+
+def test_compiled_for_hopper_the_kernels_spill_no_registers(hopper_launches):
+    # a spill is a trip to local memory per element in kernels that are bound by memory
+    for launch in hopper_launches:
+        assert launch["spilled_bytes"] == 0, launch

@@ -78,17 +78,13 @@ def _rows_kernel(
         offsets = cols * x_sd
     else:
         offsets = (cols // D) * x_sh + (cols % D) * x_sd
-    if BIAS:
-        bias = tl.load(bias_ptr + cols, mask=cols < K, other=0.0)
-    if SHIFT:
-        shift = tl.load(shift_ptr + b * K + cols, mask=cols < K, other=0.0)
-    if NORM:
-        norm_w = tl.load(norm_w_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-        norm_b = tl.load(norm_b_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
     sums = tl.zeros([1, BLOCK], dtype=tl.float32)
     first = part * rows_per_part
     last = tl.minimum(first + rows_per_part, T)
-    for start in range(first, last, ROWS):  # ROWS rows at a time, whole rows in registers
+    # ROWS rows at a time, whole rows in registers. The per-column vectors (bias, shift, norm
+    # weights) are read again each step, from cache: held across the loop they took the
+    # registers that let several programs share a multiprocessor (tests/fp8_ptx.py)
+    for start in range(first, last, ROWS):
         t = start + tl.arange(0, ROWS)[:, None]
         inside = (t < last) & (cols < K)
         row = b * T + t
@@ -97,9 +93,9 @@ def _rows_kernel(
         if RESIDUAL:
             v += tl.load(other_ptr + row * K + cols, mask=inside, other=0.0).to(tl.float32)
         if BIAS:
-            v += bias
+            v += tl.load(bias_ptr + cols, mask=cols < K, other=0.0)
         if SHIFT:
-            v += shift
+            v += tl.load(shift_ptr + b * K + cols, mask=cols < K, other=0.0)
         if RESIDUAL:  # the residual stream is kept in bf16: normalize what is stored
             v = _round_to_bf16(v, ROUND)
             tl.store(sum_out_ptr + row * K + cols, v.to(tl.bfloat16), mask=inside)
@@ -109,6 +105,8 @@ def _rows_kernel(
             mean = tl.sum(v, axis=1, keep_dims=True) / K
             centered = tl.where(inside, v - mean, 0.0)
             variance = tl.sum(centered * centered, axis=1, keep_dims=True) / K
+            norm_w = tl.load(norm_w_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+            norm_b = tl.load(norm_b_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
             v = centered * tl.math.rsqrt(variance + eps) * norm_w + norm_b
         if QUANTIZE:
             amax = tl.max(tl.abs(v), axis=1, keep_dims=True)
