@@ -1,0 +1,142 @@
+"""FP8 ESM-2's row kernel (models/fp8_kernels.py) alone: each of its five launches in a layer,
+at ESM-2 3B's widths, timed for several launch configurations (rows per step, warps) against
+the GPU's copy bandwidth measured in the same run.
+
+    python benchmarks/fp8_rows.py --out results/   # a GPU with FP8 tensor cores
+    python benchmarks/fp8_rows.py --tiny           # on the CPU, Triton's interpreter, tiny widths
+
+Per launch and configuration: microseconds per call (median of --repeats), the bytes it must
+move (inputs read once, outputs written once) and that as a share of the copy bandwidth: the
+floor a memory-bound kernel can reach. The configuration fp8_kernels.launch_config picks is
+marked; the best per launch is named at the end. Input: one batch of --sequences rows of
+--length tokens (the 500 bp benchmark's typical batch), the last tokens of every third row
+padding, random values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from virnucpro.models import fp8_kernels  # noqa: E402
+
+SMALL = [(1, 4), (1, 8), (2, 8), (4, 8), (1, 16), (2, 16)]  # blocks below 8,192 columns
+LARGE = [(1, 8), (1, 16), (1, 32), (2, 16)]
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(call, repeats: int) -> float:
+    """Median seconds of one call."""
+    call()
+    sync()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        sync()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: str) -> float:
+    """Bytes per second of a large device-to-device copy (read + written)."""
+    x = torch.empty(2**28 if device == "cuda" else 2**20, device=device, dtype=torch.bfloat16)
+    y = torch.empty_like(x)
+    return 2 * x.numel() * x.element_size() / timed(lambda: y.copy_(x), 10)
+
+
+def launches(b: int, t: int, dim: int, heads: int, device: str) -> dict:
+    """The five rows() calls of Fp8Layer.forward_fused, each as (call, bytes moved)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device=device).to(torch.bfloat16)
+
+    x, o, h = randn(b, t, dim), randn(b, t, dim), randn(b, t, 4 * dim)
+    y = randn(b, heads, t, dim // heads)
+    keep = torch.ones(b, t, dtype=torch.bool, device=device)
+    keep[::3, -t // 4 :] = False
+    norm = torch.nn.LayerNorm(dim, device=device, dtype=torch.bfloat16)
+    bias, bias4 = randn(dim), randn(4 * dim)
+    shift, shift4 = randn(b, dim).float(), randn(b, 4 * dim).float()
+    n = b * t
+
+    def e4m3(k: int) -> int:  # e4m3 values and float32 scales written
+        return n * k + 4 * n
+
+    rows = fp8_kernels.rows
+    return {
+        "qkv input (LayerNorm)": (
+            lambda: rows(x, norm=norm, keep=keep, means=True), 2 * n * dim + e4m3(dim)),
+        "out_proj input (attention output)": (
+            lambda: rows(y.transpose(1, 2), shift=shift, keep=keep, means=True),
+            2 * n * dim + e4m3(dim)),
+        "fc1 input (residual add, LayerNorm)": (
+            lambda: rows(x, other=o, bias=bias, shift=shift, norm=norm, keep=keep, means=True),
+            6 * n * dim + e4m3(dim)),
+        "fc2 input (GELU)": (
+            lambda: rows(h, bias=bias4, shift=shift4, gelu=True, keep=keep, means=True),
+            8 * n * dim + e4m3(4 * dim)),
+        "layer output (residual add)": (
+            lambda: rows(x, other=o, bias=bias, shift=shift, quantize=False), 6 * n * dim),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None, help="write fp8_rows.json here")
+    parser.add_argument("--sequences", type=int, default=390)
+    parser.add_argument("--length", type=int, default=168)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--tiny", action="store_true", help="widths 64/256 on the CPU")
+    args = parser.parse_args()
+    device = "cpu" if args.tiny else "cuda"
+    dim, heads = (64, 4) if args.tiny else (2560, 40)
+    b, t = (3, 20) if args.tiny else (args.sequences, args.length)
+    repeats = 1 if args.tiny else args.repeats
+    bandwidth = copy_bandwidth(device)
+    chosen = fp8_kernels.launch_config
+    print(f"copy bandwidth {bandwidth / 1e9:,.0f} GB/s; batch {b} x {t} tokens, width {dim}")
+    results: dict = {"copy_gb_s": bandwidth / 1e9, "batch": [b, t], "dim": dim, "launches": {}}
+    best: dict[str, tuple[float, tuple[int, int]]] = {}
+    try:
+        for name, (call, moved) in launches(b, t, dim, heads, device).items():
+            block = triton.next_power_of_2(4 * dim if "GELU" in name else dim)
+            picked = chosen(block)
+            for config in SMALL if block < 8192 or args.tiny else LARGE:
+                fp8_kernels.launch_config = lambda _, config=config: config
+                seconds = timed(call, repeats)
+                share = moved / seconds / bandwidth
+                mark = " <- launch_config" if config == picked else ""
+                print(f"{name:38s} rows {config[0]} warps {config[1]:2d}: "
+                      f"{seconds * 1e6:8.1f} us, {share:6.1%} of copy bandwidth{mark}")  # fmt: skip
+                results["launches"].setdefault(name, []).append(
+                    {"rows": config[0], "warps": config[1], "us": seconds * 1e6,
+                     "of_copy_bandwidth": share, "launch_config": config == picked})  # fmt: skip
+                if name not in best or seconds < best[name][0]:
+                    best[name] = (seconds, config)
+    finally:
+        fp8_kernels.launch_config = chosen
+    for name, (seconds, config) in best.items():
+        print(f"best for {name}: rows {config[0]}, warps {config[1]} ({seconds * 1e6:.1f} us)")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "fp8_rows.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
