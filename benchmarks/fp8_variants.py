@@ -11,7 +11,8 @@ between its mean embedding and fp32's and bf16's; virus scores and calls from a 
 classifier of VirNucPro's shape on [DNABERT-S part, ESM-2 part] with a fixed random
 DNABERT-S part, compared with bf16's: the largest virus-score difference, frames and chunks
 whose call changed (a chunk is viral when its best virus score >= its best other score, as
-summarize calls it; their own functions). Speed: ESM-2 tokens/s of the product's embedder,
+summarize calls it; their own functions), and the same for fp32 against bf16: how far the
+reference precision itself is from bf16. Speed: ESM-2 tokens/s of the product's embedder,
 compiled as --compile compiles it, on --speed-frames shuffled frames. On the GPU, variants with
 all four linears in FP8 and no "output" correction run models/fp8_kernels.py's fused kernels
 (as --precision fp8 does); the others run models/fp8.py's op-by-op path. Weights are random:
@@ -193,6 +194,9 @@ def main() -> None:
         bf16_scores = score(classifier, torch.cat([dna, bf16.cpu()], 1))
         near = int(((bf16_scores[:, 1] - 0.5).abs() < 0.05).sum())
         rows = {"bf16": {"vs_fp32": cosines(bf16, reference), "frames_near_threshold": near}}
+        # the reference precision's own distance from bf16: the floor for any variant's
+        fp32_scores = score(classifier, torch.cat([dna, reference.cpu()], 1))
+        rows["fp32"] = compare_calls(fp32_scores, bf16_scores, frame_ids)
         results["weights"][weights] = rows
         if weights == "random" and not args.no_speed:
             rows["bf16"].update(tokens_per_second(copy.deepcopy(model), speed, budget))
