@@ -49,7 +49,9 @@ def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # clamped after the division: a zero row gets the smallest normal scale, not a subnormal
     # one that a kernel flushing subnormals to zero would turn into 0/0
     scale = (amax / E4M3_MAX).clamp(min=torch.finfo(torch.float32).tiny)
-    return (x.float() / scale).to(E4M3), scale
+    # times the reciprocal, as the GPU kernels do it (models/fp8_kernels.py): a division per
+    # element costs them several instructions
+    return (x.float() * (1 / scale)).to(E4M3), scale
 
 
 class Fp8Linear(nn.Module):

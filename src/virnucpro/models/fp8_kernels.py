@@ -52,6 +52,20 @@ def _round_to_e4m3(v, ROUND: tl.constexpr):
     return tl.where(tl.abs(v) < 0.015625, subnormal, normal)
 
 
+@triton.jit
+def _gelu(v):
+    """x Phi(x), the exact (erf) GELU, with Phi(-|x|) = erfc(|x| / sqrt 2) / 2 from Abramowitz
+    and Stegun's 7.1.26 (absolute error below 1.5e-7): branch-free and a third of libdevice
+    erf's instructions, in the kernel whose cost is mostly this (10,240 columns), and without
+    the cancellation of 1 + erf(x) for negative x."""
+    z = tl.abs(v) * 0.7071067811865476
+    t = tl.fdiv(1.0, 1.0 + 0.3275911 * z)
+    poly = -1.453152027 + t * 1.061405429
+    poly = 0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * poly))
+    tail = 0.5 * t * poly * tl.exp(-z * z)
+    return v * tl.where(v >= 0, 1.0 - tail, tail)
+
+
 # Triton compiles a kernel again for each new pattern of its integer arguments (1 or not,
 # multiples of 16 or not) unless told not to: the batch's shape varies, and a compile mid-run
 # costs a second. The strides stay specialized: they are multiples of 16 at every call site
@@ -100,7 +114,7 @@ def _rows_kernel(
             v = _round_to_bf16(v, ROUND)
             tl.store(sum_out_ptr + row * K + cols, v.to(tl.bfloat16), mask=inside)
         if GELU:
-            v = 0.5 * v * (1.0 + tl.math.erf(v * 0.7071067811865476))
+            v = _gelu(v)
         if NORM:
             mean = tl.sum(v, axis=1, keep_dims=True) / K
             centered = tl.where(inside, v - mean, 0.0)
@@ -111,7 +125,8 @@ def _rows_kernel(
         if QUANTIZE:
             amax = tl.max(tl.abs(v), axis=1, keep_dims=True)
             scale = tl.maximum(amax / E4M3_MAX, FLOAT32_TINY)
-            values = _round_to_e4m3(v / scale, ROUND).to(tl.float8e4nv)
+            # times the row's reciprocal: a division per element costs several instructions
+            values = _round_to_e4m3(v * (1.0 / scale), ROUND).to(tl.float8e4nv)
             tl.store(values_ptr + row * K + cols, values, mask=inside)
             tl.store(scales_ptr + row, scale, mask=t < last)
         if SUMS:
