@@ -88,6 +88,14 @@ def test_gelu_rows_add_the_bias_and_each_sequences_shift_first():
     _assert_quantized_like(made, expected)
 
 
+def test_the_kernels_gelu_is_the_exact_gelu_to_float32_precision():
+    # one token per sequence: its mean is the GELU of that token's values, in float32
+    x = torch.linspace(-12, 12, 4 * 1024).to(torch.bfloat16).reshape(4, 1, 1024)
+    made = rows(x, gelu=True, quantize=False, means=True)
+    exact = F.gelu(x.double()).reshape(4, 1024)
+    assert (made.means.double() - exact).abs().max() < 1e-6
+
+
 def test_residual_rows_return_the_bf16_sum_and_normalize_it():
     x, other = _activations(5), _activations(6)
     gen = torch.Generator().manual_seed(7)
