@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from virnucpro.models import fp8_kernels  # noqa: E402
 
-SMALL = [(1, 4), (1, 8), (2, 8), (4, 8), (1, 16), (2, 16)]  # blocks below 8,192 columns
-LARGE = [(1, 8), (1, 16), (1, 32), (2, 16)]
+# (rows per step, warps): blocks below 8,192 columns (ESM-2 3B: 2,560), and the others (10,240)
+SMALL = [(1, 4), (2, 4), (1, 8), (2, 8), (4, 8), (8, 8), (1, 16), (2, 16)]
+LARGE = [(1, 4), (1, 8), (2, 8), (1, 16), (2, 16), (1, 32)]
 
 
 def sync() -> None:

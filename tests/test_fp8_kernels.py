@@ -48,12 +48,15 @@ def _assert_quantized_like(made, expected: torch.Tensor) -> None:
     assert bool(((got - want).abs() <= step * 1.001).all())
 
 
-def test_quantizing_rows_is_quantize_exactly():
-    x = _activations(0)
+# a row is read as two tiles of power-of-two widths: 96 = 64 + 32, 100 = 64 + (36 of 64),
+# 64 = one tile
+@pytest.mark.parametrize("k", [96, 100, 64])
+def test_quantizing_rows_is_quantize_exactly(k):
+    x = _activations(0, k=k)
     made = rows(x)
-    values, scales = quantize(x.reshape(-1, 96))
+    values, scales = quantize(x.reshape(-1, k))
     count = values.shape[0]
-    assert made.values.shape == (count + (-count % 16), 96)  # padded to the FP8 kernels' 16
+    assert made.values.shape == (count + (-count % 16), k)  # padded to the FP8 kernels' 16
     assert torch.equal(made.values[:count].float(), values.float())
     assert torch.equal(made.scales[:count], scales)
     assert made.means is None and made.summed is None
@@ -67,14 +70,15 @@ def test_a_zero_row_quantizes_to_zeros_with_a_finite_scale():
     assert bool(torch.isfinite(made.scales).all())
 
 
-def test_layer_norm_rows_are_the_layer_norm_quantized():
-    x = _activations(2)
-    norm = torch.nn.LayerNorm(96)
+@pytest.mark.parametrize("k", [96, 100, 64])
+def test_layer_norm_rows_are_the_layer_norm_quantized(k):
+    x = _activations(2, k=k)
+    norm = torch.nn.LayerNorm(k)
     with torch.no_grad():
         norm.weight.normal_(1.0, 0.2)
         norm.bias.normal_(0.0, 0.2)
     norm = norm.to(torch.bfloat16)
-    expected = F.layer_norm(x.float(), (96,), norm.weight.float(), norm.bias.float(), norm.eps)
+    expected = F.layer_norm(x.float(), (k,), norm.weight.float(), norm.bias.float(), norm.eps)
     _assert_quantized_like(rows(x, norm=norm), expected)
 
 
@@ -90,9 +94,9 @@ def test_gelu_rows_add_the_bias_and_each_sequences_shift_first():
 
 def test_the_kernels_gelu_is_the_exact_gelu_to_float32_precision():
     # one token per sequence: its mean is the GELU of that token's values, in float32
-    x = torch.linspace(-12, 12, 4 * 1024).to(torch.bfloat16).reshape(4, 1, 1024)
+    x = torch.linspace(-12, 12, 4 * 1280).to(torch.bfloat16).reshape(4, 1, 1280)
     made = rows(x, gelu=True, quantize=False, means=True)
-    exact = F.gelu(x.double()).reshape(4, 1024)
+    exact = F.gelu(x.double()).reshape(4, 1280)
     assert (made.means.double() - exact).abs().max() < 1e-6
 
 

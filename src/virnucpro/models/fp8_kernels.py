@@ -8,8 +8,9 @@ per-sequence column sums, each row read once. The bias and the mean correction o
 that made the activation are added on the way in.
 
 Grid: (sequence, part of its tokens). A program walks its rows a few at a time, whole rows in
-registers, and sums their columns there; the parts' sums are added afterwards, in a fixed
-order, so the result is the same every run. One more kernel adds q's and k's correction and
+registers (as two tiles of power-of-two widths, which ESM-2's widths fill exactly), and sums
+their columns there; the parts' sums are added afterwards, in a fixed order, so the result is
+the same every run. One more kernel adds q's and k's correction and
 rotates them (rotary position embeddings).
 """
 
@@ -55,15 +56,55 @@ def _round_to_e4m3(v, ROUND: tl.constexpr):
 @triton.jit
 def _gelu(v):
     """x Phi(x), the exact (erf) GELU, with Phi(-|x|) = erfc(|x| / sqrt 2) / 2 from Abramowitz
-    and Stegun's 7.1.26 (absolute error below 1.5e-7): branch-free and a third of libdevice
-    erf's instructions, in the kernel whose cost is mostly this (10,240 columns), and without
-    the cancellation of 1 + erf(x) for negative x."""
-    z = tl.abs(v) * 0.7071067811865476
-    t = tl.fdiv(1.0, 1.0 + 0.3275911 * z)
-    poly = -1.453152027 + t * 1.061405429
-    poly = 0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * poly))
-    tail = 0.5 * t * poly * tl.exp(-z * z)
+    and Stegun's 7.1.26 (absolute error below 1.5e-7; its constants below folded with 1/2 and
+    1/sqrt 2): branch-free and a third of libdevice erf's instructions, in the kernel whose
+    cost is mostly this (10,240 columns), without the cancellation of 1 + erf(x) for x < 0."""
+    t = tl.fdiv(1.0, 1.0 + 0.2316418882663604 * tl.abs(v))  # p / sqrt 2
+    poly = -0.7265760135 + t * 0.5307027145  # a5 / 2, a4 / 2, ...
+    poly = 0.127414796 + t * (-0.142248368 + t * (0.7107068705 + t * poly))
+    tail = t * poly * tl.exp2(v * v * -0.7213475204444817)  # e^(-x^2 / 2) = 2^(-x^2 log2(e) / 2)
     return v * tl.where(v >= 0, 1.0 - tail, tail)
+
+
+@triton.jit
+def _gathered(
+    x_ptr, x_sb, x_st, x_sh, x_sd, other_ptr, bias_ptr, shift_ptr, sum_out_ptr,
+    b, t, row, live, cols,
+    K: tl.constexpr, D: tl.constexpr, RESIDUAL: tl.constexpr, BIAS: tl.constexpr,
+    SHIFT: tl.constexpr, GELU: tl.constexpr, ROUND: tl.constexpr,
+):  # fmt: skip
+    """Rows ``t`` (live where ``live``), columns ``cols``, of x + other + bias + shift[b], the
+    sum stored (RESIDUAL), then GELU'd (GELU); float32, 0 outside."""
+    inside = live & (cols < K)
+    if D == K:
+        offsets = cols * x_sd
+    else:
+        offsets = (cols // D) * x_sh + (cols % D) * x_sd
+    v = tl.load(x_ptr + b * x_sb + t * x_st + offsets, mask=inside, other=0.0).to(tl.float32)
+    if RESIDUAL:
+        v += tl.load(other_ptr + row * K + cols, mask=inside, other=0.0).to(tl.float32)
+    if BIAS:
+        v += tl.load(bias_ptr + cols, mask=cols < K, other=0.0)
+    if SHIFT:
+        v += tl.load(shift_ptr + b * K + cols, mask=cols < K, other=0.0)
+    if RESIDUAL:  # the residual stream is kept in bf16: normalize what is stored
+        v = _round_to_bf16(v, ROUND)
+        tl.store(sum_out_ptr + row * K + cols, v.to(tl.bfloat16), mask=inside)
+    if GELU:
+        v = _gelu(v)
+    return v
+
+
+@triton.jit
+def _layer_normed(centered, rstd, norm_w_ptr, norm_b_ptr, cols, K: tl.constexpr):
+    norm_w = tl.load(norm_w_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+    norm_b = tl.load(norm_b_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+    return centered * rstd * norm_w + norm_b
+
+
+@triton.jit
+def _counted_sum(v, counted, cols, K: tl.constexpr):
+    return tl.sum(tl.where(counted & (cols < K), v, 0.0), axis=0, keep_dims=True)
 
 
 # Triton compiles a kernel again for each new pattern of its integer arguments (1 or not,
@@ -80,19 +121,22 @@ def _rows_kernel(
     values_ptr, scales_ptr,  # (rows, K) e4m3 and (rows,) float32 (QUANTIZE)
     keep_ptr, sums_ptr,  # (B, T) int8 tokens to count; (B, PARTS, K) float32 (SUMS)
     T, rows_per_part, PARTS,
-    K: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr,
+    K: tl.constexpr, D: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+    ROWS: tl.constexpr,
     RESIDUAL: tl.constexpr, BIAS: tl.constexpr, SHIFT: tl.constexpr, GELU: tl.constexpr,
     NORM: tl.constexpr, QUANTIZE: tl.constexpr, SUMS: tl.constexpr, KEEP: tl.constexpr,
     ROUND: tl.constexpr,
 ):  # fmt: skip
+    # A row is two tiles of power-of-two widths, BLOCK_A columns then BLOCK_B (0: none): the
+    # model's widths (2,560 = 2,048 + 512; 10,240 = 8,192 + 2,048) exactly, where one tile of
+    # the next power of two would leave 3/8 of its lanes idle.
     b = tl.program_id(0).to(tl.int64)  # 64-bit offsets: a batch may pass 2**31 elements
     part = tl.program_id(1)
-    cols = tl.arange(0, BLOCK)[None, :]
-    if D == K:
-        offsets = cols * x_sd
-    else:
-        offsets = (cols // D) * x_sh + (cols % D) * x_sd
-    sums = tl.zeros([1, BLOCK], dtype=tl.float32)
+    cols_a = tl.arange(0, BLOCK_A)[None, :]
+    sums_a = tl.zeros([1, BLOCK_A], dtype=tl.float32)
+    if BLOCK_B:
+        cols_b = BLOCK_A + tl.arange(0, BLOCK_B)[None, :]
+        sums_b = tl.zeros([1, BLOCK_B], dtype=tl.float32)
     first = part * rows_per_part
     last = tl.minimum(first + rows_per_part, T)
     # ROWS rows at a time, whole rows in registers. The per-column vectors (bias, shift, norm
@@ -100,42 +144,53 @@ def _rows_kernel(
     # registers that let several programs share a multiprocessor (tests/fp8_ptx.py)
     for start in range(first, last, ROWS):
         t = start + tl.arange(0, ROWS)[:, None]
-        inside = (t < last) & (cols < K)
+        live = t < last
         row = b * T + t
-        v = tl.load(x_ptr + b * x_sb + t * x_st + offsets, mask=inside, other=0.0)
-        v = v.to(tl.float32)
-        if RESIDUAL:
-            v += tl.load(other_ptr + row * K + cols, mask=inside, other=0.0).to(tl.float32)
-        if BIAS:
-            v += tl.load(bias_ptr + cols, mask=cols < K, other=0.0)
-        if SHIFT:
-            v += tl.load(shift_ptr + b * K + cols, mask=cols < K, other=0.0)
-        if RESIDUAL:  # the residual stream is kept in bf16: normalize what is stored
-            v = _round_to_bf16(v, ROUND)
-            tl.store(sum_out_ptr + row * K + cols, v.to(tl.bfloat16), mask=inside)
-        if GELU:
-            v = _gelu(v)
+        va = _gathered(x_ptr, x_sb, x_st, x_sh, x_sd, other_ptr, bias_ptr, shift_ptr,
+                       sum_out_ptr, b, t, row, live, cols_a, K, D, RESIDUAL, BIAS, SHIFT, GELU,
+                       ROUND)  # fmt: skip
+        if BLOCK_B:
+            vb = _gathered(x_ptr, x_sb, x_st, x_sh, x_sd, other_ptr, bias_ptr, shift_ptr,
+                           sum_out_ptr, b, t, row, live, cols_b, K, D, RESIDUAL, BIAS, SHIFT,
+                           GELU, ROUND)  # fmt: skip
         if NORM:
-            mean = tl.sum(v, axis=1, keep_dims=True) / K
-            centered = tl.where(inside, v - mean, 0.0)
-            variance = tl.sum(centered * centered, axis=1, keep_dims=True) / K
-            norm_w = tl.load(norm_w_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-            norm_b = tl.load(norm_b_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-            v = centered * tl.math.rsqrt(variance + eps) * norm_w + norm_b
+            total = tl.sum(va, axis=1, keep_dims=True)
+            if BLOCK_B:
+                total += tl.sum(vb, axis=1, keep_dims=True)
+            mean = total / K
+            va = tl.where(live & (cols_a < K), va - mean, 0.0)
+            squares = tl.sum(va * va, axis=1, keep_dims=True)
+            if BLOCK_B:
+                vb = tl.where(live & (cols_b < K), vb - mean, 0.0)
+                squares += tl.sum(vb * vb, axis=1, keep_dims=True)
+            rstd = tl.math.rsqrt(squares / K + eps)
+            va = _layer_normed(va, rstd, norm_w_ptr, norm_b_ptr, cols_a, K)
+            if BLOCK_B:
+                vb = _layer_normed(vb, rstd, norm_w_ptr, norm_b_ptr, cols_b, K)
         if QUANTIZE:
-            amax = tl.max(tl.abs(v), axis=1, keep_dims=True)
+            amax = tl.max(tl.abs(va), axis=1, keep_dims=True)
+            if BLOCK_B:
+                amax = tl.maximum(amax, tl.max(tl.abs(vb), axis=1, keep_dims=True))
             scale = tl.maximum(amax / E4M3_MAX, FLOAT32_TINY)
-            # times the row's reciprocal: a division per element costs several instructions
-            values = _round_to_e4m3(v * (1.0 / scale), ROUND).to(tl.float8e4nv)
-            tl.store(values_ptr + row * K + cols, values, mask=inside)
-            tl.store(scales_ptr + row, scale, mask=t < last)
+            inverse = 1.0 / scale  # times the reciprocal: a division costs several instructions
+            values = _round_to_e4m3(va * inverse, ROUND).to(tl.float8e4nv)
+            tl.store(values_ptr + row * K + cols_a, values, mask=live & (cols_a < K))
+            if BLOCK_B:
+                values = _round_to_e4m3(vb * inverse, ROUND).to(tl.float8e4nv)
+                tl.store(values_ptr + row * K + cols_b, values, mask=live & (cols_b < K))
+            tl.store(scales_ptr + row, scale, mask=live)
         if SUMS:
-            counted = inside
+            counted = live
             if KEEP:
-                counted &= tl.load(keep_ptr + row, mask=t < last, other=0) != 0
-            sums += tl.sum(tl.where(counted, v, 0.0), axis=0, keep_dims=True)
+                counted &= tl.load(keep_ptr + row, mask=live, other=0) != 0
+            sums_a += _counted_sum(va, counted, cols_a, K)
+            if BLOCK_B:
+                sums_b += _counted_sum(vb, counted, cols_b, K)
     if SUMS:
-        tl.store(sums_ptr + (b * PARTS + part) * K + cols, sums, mask=cols < K)
+        sums_ptr += (b * PARTS + part) * K
+        tl.store(sums_ptr + cols_a, sums_a, mask=cols_a < K)
+        if BLOCK_B:
+            tl.store(sums_ptr + cols_b, sums_b, mask=cols_b < K)
 
 
 @triton.jit(do_not_specialize=["rows", "T"])
@@ -187,7 +242,8 @@ def rotary(
 
 
 def launch_config(block: int) -> tuple[int, int]:
-    """Rows per step and warps for rows of ``block`` (a power of two) columns."""
+    """Rows per step and warps for rows whose width rounds up to ``block``, a power of two
+    (benchmarks/fp8_rows.py times the choices)."""
     return max(1, 16384 // block), 16 if block >= 8192 else 8
 
 
@@ -227,8 +283,9 @@ def rows(
     parts = max(1, min(t, triton.cdiv(PROGRAMS, b)))
     rows_per_part = triton.cdiv(t, parts)
     parts = triton.cdiv(t, rows_per_part)
-    block = triton.next_power_of_2(k)
-    rows_per_step, warps = launch_config(block)
+    block_a = 1 << (k.bit_length() - 1)  # the largest power of two <= k, then the rest's
+    block_b = triton.next_power_of_2(k - block_a) if k > block_a else 0
+    rows_per_step, warps = launch_config(triton.next_power_of_2(k))
     values = scales = summed = sums = None
     if quantize:
         padded = count + (-count % 16)
@@ -254,7 +311,7 @@ def rows(
         keep_int if keep_int is not None else dummy,
         sums if sums is not None else dummy,
         t, rows_per_part, parts,
-        K=k, D=x4.shape[-1], BLOCK=block, ROWS=rows_per_step,
+        K=k, D=x4.shape[-1], BLOCK_A=block_a, BLOCK_B=block_b, ROWS=rows_per_step,
         RESIDUAL=other is not None, BIAS=bias is not None, SHIFT=shift is not None,
         GELU=gelu, NORM=norm is not None, QUANTIZE=quantize, SUMS=means,
         KEEP=keep is not None, ROUND=INTERPRETED,
