@@ -200,14 +200,16 @@ def _rotary_kernel(
     HALF: tl.constexpr, HEAD: tl.constexpr, WIDTH: tl.constexpr, BLOCK: tl.constexpr,
     ROWS: tl.constexpr, SHIFT: tl.constexpr, ROUND: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
-    cols = tl.arange(0, BLOCK)[None, :]  # q's then k's columns, head by head
+    row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]  # 32-bit: cheap // and %
+    # q's then k's columns, head by head: BLOCK of them, a power of two that divides WIDTH
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)[None, :]
     inside = (row < rows) & (cols < WIDTH)
     d = cols % HEAD
     partner = tl.where(d < HALF, cols + HALF, cols - HALF)  # rotate_half's other element
     sign = tl.where(d < HALF, -1.0, 1.0)
-    x = tl.load(h_ptr + row * (WIDTH * 3 // 2) + cols, mask=inside, other=0.0).to(tl.float32)
-    y = tl.load(h_ptr + row * (WIDTH * 3 // 2) + partner, mask=inside, other=0.0)
+    h_ptr += row.to(tl.int64) * (WIDTH * 3 // 2)  # 64-bit offsets: 2**31 elements and more
+    x = tl.load(h_ptr + cols, mask=inside, other=0.0).to(tl.float32)
+    y = tl.load(h_ptr + partner, mask=inside, other=0.0)
     y = y.to(tl.float32)
     if SHIFT:
         b = row // T
@@ -217,7 +219,7 @@ def _rotary_kernel(
     cos = tl.load(cos_ptr + position * HEAD + d, mask=inside, other=0.0).to(tl.float32)
     sin = tl.load(sin_ptr + position * HEAD + d, mask=inside, other=0.0).to(tl.float32)
     rotated = _round_to_bf16(x * cos + sign * y * sin, ROUND)
-    tl.store(out_ptr + row * WIDTH + cols, rotated.to(tl.bfloat16), mask=inside)
+    tl.store(out_ptr + row.to(tl.int64) * WIDTH + cols, rotated.to(tl.bfloat16), mask=inside)
 
 
 def rotary(
@@ -229,9 +231,9 @@ def rotary(
     b, t, n = h.shape
     width, head = 2 * n // 3, cos.shape[-1]
     rotated = torch.empty(b, t, width, device=h.device, dtype=h.dtype)
-    block = triton.next_power_of_2(width)
+    block = min(width & -width, 4096)  # no lane left idle (5,120 columns: 5 x 1,024)
     steps = max(1, 8192 // block)
-    _rotary_kernel[(triton.cdiv(b * t, steps),)](
+    _rotary_kernel[(triton.cdiv(b * t, steps), width // block)](
         h, shift.float().contiguous() if shift is not None else h, cos, sin, rotated,
         b * t, t, HALF=head // 2, HEAD=head, WIDTH=width, BLOCK=block, ROWS=steps,
         SHIFT=shift is not None, ROUND=INTERPRETED, num_warps=8,
