@@ -5,9 +5,9 @@ the GPU's copy bandwidth measured in the same run.
     python benchmarks/fp8_rows.py --out results/   # a GPU with FP8 tensor cores
     python benchmarks/fp8_rows.py --tiny           # on the CPU, Triton's interpreter, tiny widths
 
-Per launch and configuration: microseconds per call (median of --repeats), the bytes it must
-move (inputs read once, outputs written once) and that as a share of the copy bandwidth: the
-floor a memory-bound kernel can reach. The configuration fp8_kernels.launch_config picks is
+Per launch and configuration: microseconds per call (the median of 5 rounds of --repeats
+calls back to back), the bytes it must move (inputs read once, outputs written once) and that
+as a share of the copy bandwidth: the floor a memory-bound kernel can reach. The configuration fp8_kernels.launch_config picks is
 marked; the best per launch is named at the end. Input: one batch of --sequences rows of
 --length tokens (the 500 bp benchmark's typical batch), the last tokens of every third row
 padding, random values.
@@ -40,16 +40,18 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def timed(call, repeats: int) -> float:
-    """Median seconds of one call."""
+def timed(call, repeats: int, rounds: int = 5) -> float:
+    """Seconds of one call: the median over ``rounds`` of ``repeats`` calls run back to back
+    (one synchronization per round, not per call)."""
     call()
     sync()
     times = []
-    for _ in range(repeats):
+    for _ in range(rounds):
         started = time.perf_counter()
-        call()
+        for _ in range(repeats):
+            call()
         sync()
-        times.append(time.perf_counter() - started)
+        times.append((time.perf_counter() - started) / repeats)
     return statistics.median(times)
 
 
@@ -57,7 +59,12 @@ def copy_bandwidth(device: str) -> float:
     """Bytes per second of a large device-to-device copy (read + written)."""
     x = torch.empty(2**28 if device == "cuda" else 2**20, device=device, dtype=torch.bfloat16)
     y = torch.empty_like(x)
-    return 2 * x.numel() * x.element_size() / timed(lambda: y.copy_(x), 10)
+    return (
+        2
+        * x.numel()
+        * x.element_size()
+        / timed(lambda: y.copy_(x), 10, 1 if device == "cpu" else 5)
+    )
 
 
 def launches(b: int, t: int, dim: int, heads: int, device: str) -> dict:
@@ -120,7 +127,7 @@ def main() -> None:
             picked = chosen(block)
             for config in SMALL if block < 8192 or args.tiny else LARGE:
                 fp8_kernels.launch_config = lambda _, config=config: config
-                seconds = timed(call, repeats)
+                seconds = timed(call, repeats, 1 if args.tiny else 5)
                 share = moved / seconds / bandwidth
                 mark = " <- launch_config" if config == picked else ""
                 print(f"{name:38s} rows {config[0]} warps {config[1]:2d}: "
