@@ -10,8 +10,8 @@ that made the activation are added on the way in.
 Grid: (sequence, part of its tokens). A program walks its rows a few at a time, whole rows in
 registers (as two tiles of power-of-two widths, which ESM-2's widths fill exactly), and sums
 their columns there; the parts' sums are added afterwards, in a fixed order, so the result is
-the same every run. One more kernel adds q's and k's correction and
-rotates them (rotary position embeddings).
+the same every run. One more kernel adds q's and k's correction and rotates them (rotary
+position embeddings).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _round_to_e4m3(v, ROUND: tl.constexpr):
 def _gelu(v):
     """x Phi(x), the exact (erf) GELU, with Phi(-|x|) = erfc(|x| / sqrt 2) / 2 from Abramowitz
     and Stegun's 7.1.26 (absolute error below 1.5e-7; its constants below folded with 1/2 and
-    1/sqrt 2): branch-free and a third of libdevice erf's instructions, in the kernel whose
+    1/sqrt 2): branch-free and fewer instructions than libdevice's erf, in the kernel whose
     cost is mostly this (10,240 columns), without the cancellation of 1 + erf(x) for x < 0."""
     # 1 / d as rsqrt(d)^2: one instruction on the GPU where a division takes seven (d >= 1)
     t = tl.math.rsqrt(1.0 + 0.2316418882663604 * tl.abs(v))  # p / sqrt 2
