@@ -5,7 +5,9 @@ instead of in 16-byte vectors). Run by tests/test_fp8_kernels.py in a process of
 kernels must be defined without Triton's CPU interpreter.
 
 One fused FP8 layer of ESM-2 3B's widths runs on the CPU with each kernel launch replaced by
-its compilation, with the arguments and specialization Triton would give it on the GPU.
+its compilation, with the arguments and specialization Triton would give it on the GPU. That
+takes two of Triton's internals (its argument binder and _pack_args), as of Triton 3.7, the
+version torch 2.13 pins.
 
     python tests/fp8_ptx.py   # prints one JSON line per distinct launch
 """
