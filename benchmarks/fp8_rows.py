@@ -7,10 +7,11 @@ the GPU's copy bandwidth measured in the same run.
 
 Per launch and configuration: microseconds per call (the median of 5 rounds of --repeats
 calls back to back), the bytes it must move (inputs read once, outputs written once) and that
-as a share of the copy bandwidth: the floor a memory-bound kernel can reach. The configuration fp8_kernels.launch_config picks is
-marked; the best per launch is named at the end. Input: one batch of --sequences rows of
---length tokens (the 500 bp benchmark's typical batch), the last tokens of every third row
-padding, random values.
+as a share of the copy bandwidth: the floor a memory-bound kernel can reach. The
+configuration fp8_kernels.launch_config picks is marked; at the end, the best per launch and,
+per block width (launch_config's key), the configuration fastest over its launches. Input:
+one batch of --sequences rows of --length tokens (the 500 bp benchmark's typical batch), the
+last tokens of every third row padding, random values.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def main() -> None:
     print(f"copy bandwidth {bandwidth / 1e9:,.0f} GB/s; batch {b} x {t} tokens, width {dim}")
     results: dict = {"copy_gb_s": bandwidth / 1e9, "batch": [b, t], "dim": dim, "launches": {}}
     best: dict[str, tuple[float, tuple[int, int]]] = {}
+    # per block (launch_config's key): each configuration's time summed over the launches
+    totals: dict[int, dict[tuple[int, int], float]] = {}
     try:
         for name, (call, moved) in launches(b, t, dim, heads, device).items():
             block = triton.next_power_of_2(4 * dim if "GELU" in name else dim)
@@ -137,10 +140,20 @@ def main() -> None:
                      "of_copy_bandwidth": share, "launch_config": config == picked})  # fmt: skip
                 if name not in best or seconds < best[name][0]:
                     best[name] = (seconds, config)
+                per_block = totals.setdefault(block, {})
+                per_block[config] = per_block.get(config, 0.0) + seconds
     finally:
         fp8_kernels.launch_config = chosen
     for name, (seconds, config) in best.items():
         print(f"best for {name}: rows {config[0]}, warps {config[1]} ({seconds * 1e6:.1f} us)")
+    for block, per_config in totals.items():
+        fastest = min(per_config, key=per_config.get)
+        now = per_config.get(chosen(block))
+        now_text = f"{now * 1e6:.1f} us" if now is not None else "not among those timed"
+        print(f"blocks of {block}: rows {fastest[0]}, warps {fastest[1]} take "
+              f"{per_config[fastest] * 1e6:.1f} us over their launches, launch_config's "
+              f"{now_text}")  # fmt: skip
+        results.setdefault("fastest", {})[block] = {"rows": fastest[0], "warps": fastest[1]}
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "fp8_rows.json").write_text(json.dumps(results, indent=2))
