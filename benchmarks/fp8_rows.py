@@ -5,8 +5,9 @@ the GPU's copy bandwidth measured in the same run.
     python benchmarks/fp8_rows.py --out results/   # a GPU with FP8 tensor cores
     python benchmarks/fp8_rows.py --tiny           # on the CPU, Triton's interpreter, tiny widths
 
-Per launch and configuration: microseconds per call (the median of 5 rounds of --repeats
-calls back to back), the bytes it must move (inputs read once, outputs written once) and that
+Per launch and configuration: microseconds per rows() call (the median of 5 rounds of
+--repeats calls back to back; a call includes rows()'s few small torch operations beside the
+kernel, as in the model), the bytes it must move (inputs read once, outputs written once) and that
 as a share of the copy bandwidth: the floor a memory-bound kernel can reach. The
 configuration fp8_kernels.launch_config picks is marked; at the end, the best per launch and,
 per block width (launch_config's key), the configuration fastest over its launches. Input:
@@ -18,10 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+
+if "--tiny" in sys.argv:  # Triton's interpreter: set before the kernels are defined
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch
 import triton
@@ -76,7 +81,8 @@ def launches(b: int, t: int, dim: int, heads: int, device: str) -> dict:
         return torch.randn(*shape, generator=gen, device=device).to(torch.bfloat16)
 
     x, o, h = randn(b, t, dim), randn(b, t, dim), randn(b, t, 4 * dim)
-    y = randn(b, heads, t, dim // heads)
+    # attention's output (B, H, T, D) as the GPU's attention kernels lay it out: (B, T, H, D)
+    y = randn(b, t, heads, dim // heads).transpose(1, 2)
     keep = torch.ones(b, t, dtype=torch.bool, device=device)
     keep[::3, -t // 4 :] = False
     norm = torch.nn.LayerNorm(dim, device=device, dtype=torch.bfloat16)

@@ -194,7 +194,7 @@ def main() -> None:
         bf16_scores = score(classifier, torch.cat([dna, bf16.cpu()], 1))
         near = int(((bf16_scores[:, 1] - 0.5).abs() < 0.05).sum())
         rows = {"bf16": {"vs_fp32": cosines(bf16, reference), "frames_near_threshold": near}}
-        # the reference precision's own distance from bf16: the floor for any variant's
+        # fp32's own calls against bf16's: no variant can be expected to change fewer
         fp32_scores = score(classifier, torch.cat([dna, reference.cpu()], 1))
         rows["fp32"] = compare_calls(fp32_scores, bf16_scores, frame_ids)
         results["weights"][weights] = rows

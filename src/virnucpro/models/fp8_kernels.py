@@ -8,7 +8,7 @@ per-sequence column sums, each row read once. The bias and the mean correction o
 that made the activation are added on the way in.
 
 Grid: (sequence, part of its tokens). A program walks its rows a few at a time, whole rows in
-registers (as two tiles of power-of-two widths, which ESM-2's widths fill exactly), and sums
+registers (as two tiles of power-of-two widths, which ESM-2 3B's widths fill exactly), and sums
 their columns there; the parts' sums are added afterwards, in a fixed order, so the result is
 the same every run. One more kernel adds q's and k's correction and rotates them (rotary
 position embeddings).
@@ -58,7 +58,7 @@ def _gelu(v):
     """x Phi(x), the exact (erf) GELU, with Phi(-|x|) = erfc(|x| / sqrt 2) / 2 from Abramowitz
     and Stegun's 7.1.26 (absolute error below 1.5e-7; its constants below folded with 1/2 and
     1/sqrt 2): branch-free and fewer instructions than libdevice's erf, in the kernel whose
-    cost is mostly this (10,240 columns), without the cancellation of 1 + erf(x) for x < 0."""
+    cost is mostly this (10,240 columns)."""
     # 1 / d as rsqrt(d)^2: one instruction on the GPU where a division takes seven (d >= 1)
     t = tl.math.rsqrt(1.0 + 0.2316418882663604 * tl.abs(v))  # p / sqrt 2
     t = t * t
@@ -75,8 +75,8 @@ def _gathered(
     K: tl.constexpr, D: tl.constexpr, RESIDUAL: tl.constexpr, BIAS: tl.constexpr,
     SHIFT: tl.constexpr, GELU: tl.constexpr, ROUND: tl.constexpr,
 ):  # fmt: skip
-    """Rows ``t`` (live where ``live``), columns ``cols``, of x + other + bias + shift[b], the
-    sum stored (RESIDUAL), then GELU'd (GELU); float32, 0 outside."""
+    """Rows ``t`` (stored where ``live``), columns ``cols``, of x + other + bias + shift[b],
+    the sum stored (RESIDUAL), then GELU'd (GELU); float32, 0 in columns past K."""
     inside = live & (cols < K)
     if D == K:
         offsets = cols * x_sd
@@ -111,8 +111,9 @@ def _counted_sum(v, counted, cols, K: tl.constexpr):
 
 # Triton compiles a kernel again for each new pattern of its integer arguments (1 or not,
 # multiples of 16 or not) unless told not to: the batch's shape varies, and a compile mid-run
-# costs a second. The strides stay specialized: they are multiples of 16 at every call site
-# whatever the batch's shape (K and the head size are), and knowing so lets Triton load wider.
+# costs a second. The strides stay specialized, which lets Triton load 16 bytes at a time: with
+# ESM-2 3B's widths they are multiples of 16 whatever the batch's shape (K and the head size
+# are); a head size that is not (ESM-2 35M's 24) makes two variants, compiled once each.
 @triton.jit(do_not_specialize=["T", "rows_per_part", "PARTS"])
 def _rows_kernel(
     x_ptr, x_sb, x_st, x_sh, x_sd,  # input (B, T, K), read as (B, T, K // D, D)
@@ -173,8 +174,10 @@ def _rows_kernel(
             amax = tl.max(tl.abs(va), axis=1, keep_dims=True)
             if BLOCK_B:
                 amax = tl.maximum(amax, tl.max(tl.abs(vb), axis=1, keep_dims=True))
-            scale = tl.maximum(amax / E4M3_MAX, FLOAT32_TINY)
-            inverse = 1.0 / scale  # times the reciprocal: a division costs several instructions
+            # scale and reciprocal per row, correctly rounded as torch divides (Triton's "/" may
+            # be an ulp off); each element is then multiplied: a division each costs more
+            scale = tl.maximum(tl.math.div_rn(amax, E4M3_MAX), FLOAT32_TINY)
+            inverse = tl.math.div_rn(1.0, scale)
             values = _round_to_e4m3(va * inverse, ROUND).to(tl.float8e4nv)
             tl.store(values_ptr + row * K + cols_a, values, mask=live & (cols_a < K))
             if BLOCK_B:
