@@ -33,17 +33,15 @@ import triton
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from gpu_benchmark import sync  # noqa: E402
 
 from virnucpro.models import fp8_kernels  # noqa: E402
 
 # (rows per step, warps): blocks below 8,192 columns (ESM-2 3B: 2,560), and the others (10,240)
 SMALL = [(1, 4), (2, 4), (1, 8), (2, 8), (4, 8), (8, 8), (1, 16), (2, 16)]
 LARGE = [(1, 4), (1, 8), (2, 8), (1, 16), (2, 16), (1, 32)]
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def timed(call, repeats: int, rounds: int = 5) -> float:
@@ -61,16 +59,12 @@ def timed(call, repeats: int, rounds: int = 5) -> float:
     return statistics.median(times)
 
 
-def copy_bandwidth(device: str) -> float:
+def copy_bandwidth(device: str, rounds: int) -> float:
     """Bytes per second of a large device-to-device copy (read + written)."""
     x = torch.empty(2**28 if device == "cuda" else 2**20, device=device, dtype=torch.bfloat16)
     y = torch.empty_like(x)
-    return (
-        2
-        * x.numel()
-        * x.element_size()
-        / timed(lambda: y.copy_(x), 10, 1 if device == "cpu" else 5)
-    )
+    seconds = timed(lambda: y.copy_(x), 10, rounds)
+    return 2 * x.numel() * x.element_size() / seconds
 
 
 def launches(b: int, t: int, dim: int, heads: int, device: str) -> dict:
@@ -122,8 +116,8 @@ def main() -> None:
     device = "cpu" if args.tiny else "cuda"
     dim, heads = (64, 4) if args.tiny else (2560, 40)
     b, t = (3, 20) if args.tiny else (args.sequences, args.length)
-    repeats = 1 if args.tiny else args.repeats
-    bandwidth = copy_bandwidth(device)
+    repeats, rounds = (1, 1) if args.tiny else (args.repeats, 5)
+    bandwidth = copy_bandwidth(device, rounds)
     chosen = fp8_kernels.launch_config
     print(f"copy bandwidth {bandwidth / 1e9:,.0f} GB/s; batch {b} x {t} tokens, width {dim}")
     results: dict = {"copy_gb_s": bandwidth / 1e9, "batch": [b, t], "dim": dim, "launches": {}}
@@ -136,7 +130,7 @@ def main() -> None:
             picked = chosen(block)
             for config in SMALL if block < 8192 or args.tiny else LARGE:
                 fp8_kernels.launch_config = lambda _, config=config: config
-                seconds = timed(call, repeats, 1 if args.tiny else 5)
+                seconds = timed(call, repeats, rounds)
                 share = moved / seconds / bandwidth
                 mark = " <- launch_config" if config == picked else ""
                 print(f"{name:38s} rows {config[0]} warps {config[1]:2d}: "

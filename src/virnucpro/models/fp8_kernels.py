@@ -161,7 +161,7 @@ def _rows_kernel(
             if BLOCK_B:
                 total += tl.sum(vb, axis=1, keep_dims=True)
             mean = total / K
-            va = tl.where(live & (cols_a < K), va - mean, 0.0)
+            va = tl.where(live, va - mean, 0.0)  # tile A lies within K
             squares = tl.sum(va * va, axis=1, keep_dims=True)
             if BLOCK_B:
                 vb = tl.where(live & (cols_b < K), vb - mean, 0.0)
@@ -179,7 +179,7 @@ def _rows_kernel(
             scale = tl.maximum(tl.math.div_rn(amax, E4M3_MAX), FLOAT32_TINY)
             inverse = tl.math.div_rn(1.0, scale)
             values = _round_to_e4m3(va * inverse, ROUND).to(tl.float8e4nv)
-            tl.store(values_ptr + row * K + cols_a, values, mask=live & (cols_a < K))
+            tl.store(values_ptr + row * K + cols_a, values, mask=live)
             if BLOCK_B:
                 values = _round_to_e4m3(vb * inverse, ROUND).to(tl.float8e4nv)
                 tl.store(values_ptr + row * K + cols_b, values, mask=live & (cols_b < K))
@@ -208,7 +208,7 @@ def _rotary_kernel(
     row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]  # 32-bit: cheap // and %
     # q's then k's columns, head by head: BLOCK of them, a power of two that divides WIDTH
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)[None, :]
-    inside = (row < rows) & (cols < WIDTH)
+    inside = row < rows  # every column: BLOCK divides WIDTH
     d = cols % HEAD
     partner = tl.where(d < HALF, cols + HALF, cols - HALF)  # rotate_half's other element
     sign = tl.where(d < HALF, -1.0, 1.0)
