@@ -5,10 +5,11 @@ the GPU's copy bandwidth measured in the same run.
     python benchmarks/fp8_rows.py --out results/   # a GPU with FP8 tensor cores
     python benchmarks/fp8_rows.py --tiny           # on the CPU, Triton's interpreter, tiny widths
 
-Per launch and configuration: microseconds per rows() call (the median of 5 rounds of
---repeats calls back to back; a call includes rows()'s few small torch operations beside the
-kernel, as in the model), the bytes it must move (inputs read once, outputs written once) and that
-as a share of the copy bandwidth: the floor a memory-bound kernel can reach. The
+Per launch and configuration, at each of BUDGETS (fp8_kernels.WARPS): microseconds per
+rows() call (the median of 5 rounds of --repeats calls back to back; a call includes rows()'s
+few small torch operations beside the kernel, as in the model), the bytes it must move (inputs
+read once, outputs written once) and that as a share of the copy bandwidth: the floor a
+memory-bound kernel can reach. The
 configuration fp8_kernels.launch_config picks is marked; at the end, the best per launch and,
 per block width (launch_config's key), the configuration fastest over its launches. Input:
 one batch of --sequences rows of --length tokens (the 500 bp benchmark's typical batch), the
@@ -40,8 +41,9 @@ from gpu_benchmark import sync  # noqa: E402
 from virnucpro.models import fp8_kernels  # noqa: E402
 
 # (rows per step, warps): blocks below 8,192 columns (ESM-2 3B: 2,560), and the others (10,240)
-SMALL = [(1, 4), (2, 4), (1, 8), (2, 8), (4, 8), (8, 8), (1, 16), (2, 16)]
-LARGE = [(1, 4), (1, 8), (2, 8), (1, 16), (2, 16), (1, 32)]
+SMALL = [(1, 1), (2, 1), (4, 1), (1, 2), (2, 2), (4, 2), (1, 4), (2, 4), (4, 4), (2, 8)]
+LARGE = [(1, 4), (1, 8), (2, 8), (1, 16), (2, 16)]
+BUDGETS = [8192, 16384]  # fp8_kernels.WARPS: warps per launch, at most
 
 
 def timed(call, repeats: int, rounds: int = 5) -> float:
@@ -80,7 +82,6 @@ def launches(b: int, t: int, dim: int, heads: int, device: str) -> dict:
     keep = torch.ones(b, t, dtype=torch.bool, device=device)
     keep[::3, -t // 4 :] = False
     norm = torch.nn.LayerNorm(dim, device=device, dtype=torch.bfloat16)
-    bias, bias4 = randn(dim), randn(4 * dim)
     shift, shift4 = randn(b, dim).float(), randn(b, 4 * dim).float()
     n = b * t
 
@@ -95,13 +96,13 @@ def launches(b: int, t: int, dim: int, heads: int, device: str) -> dict:
             lambda: rows(y.transpose(1, 2), shift=shift, keep=keep, means=True),
             2 * n * dim + e4m3(dim)),
         "fc1 input (residual add, LayerNorm)": (
-            lambda: rows(x, other=o, bias=bias, shift=shift, norm=norm, keep=keep, means=True),
+            lambda: rows(x, other=o, shift=shift, norm=norm, keep=keep, means=True),
             6 * n * dim + e4m3(dim)),
         "fc2 input (GELU)": (
-            lambda: rows(h, bias=bias4, shift=shift4, gelu=True, keep=keep, means=True),
+            lambda: rows(h, shift=shift4, gelu=True, keep=keep, means=True),
             8 * n * dim + e4m3(4 * dim)),
         "layer output (residual add)": (
-            lambda: rows(x, other=o, bias=bias, shift=shift, quantize=False), 6 * n * dim),
+            lambda: rows(x, other=o, shift=shift, quantize=False), 6 * n * dim),
     }  # fmt: skip
 
 
@@ -118,42 +119,51 @@ def main() -> None:
     b, t = (3, 20) if args.tiny else (args.sequences, args.length)
     repeats, rounds = (1, 1) if args.tiny else (args.repeats, 5)
     bandwidth = copy_bandwidth(device, rounds)
-    chosen = fp8_kernels.launch_config
+    chosen, chosen_budget = fp8_kernels.launch_config, fp8_kernels.WARPS
     print(f"copy bandwidth {bandwidth / 1e9:,.0f} GB/s; batch {b} x {t} tokens, width {dim}")
     results: dict = {"copy_gb_s": bandwidth / 1e9, "batch": [b, t], "dim": dim, "launches": {}}
-    best: dict[str, tuple[float, tuple[int, int]]] = {}
-    # per block (launch_config's key): each configuration's time summed over the launches
-    totals: dict[int, dict[tuple[int, int], float]] = {}
+    best: dict[str, tuple[float, tuple[int, int, int]]] = {}
+    # per block (launch_config's key): each (rows, warps, budget)'s time summed over launches
+    totals: dict[int, dict[tuple[int, int, int], float]] = {}
     try:
         for name, (call, moved) in launches(b, t, dim, heads, device).items():
             block = triton.next_power_of_2(4 * dim if "GELU" in name else dim)
-            picked = chosen(block)
-            for config in SMALL if block < 8192 or args.tiny else LARGE:
-                fp8_kernels.launch_config = lambda _, config=config: config
-                seconds = timed(call, repeats, rounds)
-                share = moved / seconds / bandwidth
-                mark = " <- launch_config" if config == picked else ""
-                print(f"{name:38s} rows {config[0]} warps {config[1]:2d}: "
-                      f"{seconds * 1e6:8.1f} us, {share:6.1%} of copy bandwidth{mark}")  # fmt: skip
-                results["launches"].setdefault(name, []).append(
-                    {"rows": config[0], "warps": config[1], "us": seconds * 1e6,
-                     "of_copy_bandwidth": share, "launch_config": config == picked})  # fmt: skip
-                if name not in best or seconds < best[name][0]:
-                    best[name] = (seconds, config)
-                per_block = totals.setdefault(block, {})
-                per_block[config] = per_block.get(config, 0.0) + seconds
+            picked = (*chosen(block), chosen_budget)
+            configs = SMALL if block < 8192 or args.tiny else LARGE
+            for budget in BUDGETS[:1] if args.tiny else BUDGETS:
+                fp8_kernels.WARPS = budget
+                for config in configs:
+                    fp8_kernels.launch_config = lambda _, config=config: config
+                    seconds = timed(call, repeats, rounds)
+                    share = moved / seconds / bandwidth
+                    key = (*config, budget)
+                    mark = " <- launch_config" if key == picked else ""
+                    print(f"{name:38s} rows {config[0]} warps {config[1]:2d} budget "
+                          f"{budget:5d}: {seconds * 1e6:8.1f} us, {share:6.1%} of copy "
+                          f"bandwidth{mark}")  # fmt: skip
+                    results["launches"].setdefault(name, []).append(
+                        {"rows": config[0], "warps": config[1], "warp_budget": budget,
+                         "us": seconds * 1e6, "of_copy_bandwidth": share,
+                         "launch_config": key == picked})  # fmt: skip
+                    if name not in best or seconds < best[name][0]:
+                        best[name] = (seconds, key)
+                    per_block = totals.setdefault(block, {})
+                    per_block[key] = per_block.get(key, 0.0) + seconds
     finally:
-        fp8_kernels.launch_config = chosen
-    for name, (seconds, config) in best.items():
-        print(f"best for {name}: rows {config[0]}, warps {config[1]} ({seconds * 1e6:.1f} us)")
+        fp8_kernels.launch_config, fp8_kernels.WARPS = chosen, chosen_budget
+    for name, (seconds, key) in best.items():
+        print(f"best for {name}: rows {key[0]}, warps {key[1]}, warp budget {key[2]} "
+              f"({seconds * 1e6:.1f} us)")  # fmt: skip
     for block, per_config in totals.items():
         fastest = min(per_config, key=per_config.get)
-        now = per_config.get(chosen(block))
+        now = per_config.get((*chosen(block), chosen_budget))
         now_text = f"{now * 1e6:.1f} us" if now is not None else "not among those timed"
-        print(f"blocks of {block}: rows {fastest[0]}, warps {fastest[1]} take "
-              f"{per_config[fastest] * 1e6:.1f} us over their launches, launch_config's "
+        print(f"blocks of {block}: rows {fastest[0]}, warps {fastest[1]}, budget {fastest[2]}"
+              f" take {per_config[fastest] * 1e6:.1f} us over their launches, launch_config's "
               f"{now_text}")  # fmt: skip
-        results.setdefault("fastest", {})[block] = {"rows": fastest[0], "warps": fastest[1]}
+        results.setdefault("fastest", {})[block] = dict(
+            zip(("rows", "warps", "warp_budget"), fastest, strict=True)
+        )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "fp8_rows.json").write_text(json.dumps(results, indent=2))

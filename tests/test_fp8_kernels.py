@@ -116,12 +116,13 @@ def test_residual_rows_return_the_bf16_sum_and_normalize_it(k):
     assert torch.equal(only.summed, summed) and only.values is None
 
 
-# programs: 1024 give each program a row or two; 1, the whole sequence, many steps of the
-# kernel's loop (sums carried across steps, a last step part full)
-@pytest.mark.parametrize(("k", "programs"), [(96, 1024), (100, 1024), (100, 1)])
-def test_means_count_only_the_kept_tokens(k, programs, monkeypatch):
-    monkeypatch.setattr(fp8_kernels, "PROGRAMS", programs)
-    if programs == 1:
+# one program per sequence (a budget of 8 warps for programs of 8): the whole sequence, many
+# steps of the kernel's loop (sums carried across steps, a last step part full); by default, a
+# row or two per program
+@pytest.mark.parametrize(("k", "one_program"), [(96, False), (100, False), (100, True)])
+def test_means_count_only_the_kept_tokens(k, one_program, monkeypatch):
+    if one_program:
+        monkeypatch.setattr(fp8_kernels, "WARPS", 8)
         monkeypatch.setattr(fp8_kernels, "launch_config", lambda block: (4, 8))
     x = _activations(8, t=37, k=k)
     keep = torch.ones(3, 37, dtype=torch.bool)

@@ -207,16 +207,23 @@ class Fp8Layer(nn.Module):
         shift = None if shift is None else shift[:, 2 * d :]
         attended = rows(y.transpose(1, 2), shift=shift, keep=keep, means=means)
         o = self.out_proj.product_of(attended, (b, t))
-        shift = self.out_proj.shift(attended.means)
-        normed = rows(x, other=o, bias=self.out_proj.bias, shift=shift,
+        normed = rows(x, other=o, **_added(self.out_proj, attended.means),
                       norm=self.final_layer_norm, keep=keep, means=means)  # fmt: skip
         x = normed.summed
         h = self.fc1.product_of(normed, (b, t))
-        activated = rows(h, bias=self.fc1.bias, shift=self.fc1.shift(normed.means), gelu=True,
-                         keep=keep, means=means)  # fmt: skip
+        activated = rows(h, **_added(self.fc1, normed.means), gelu=True, keep=keep, means=means)
         o = self.fc2.product_of(activated, (b, t))
-        shift = self.fc2.shift(activated.means)
-        return rows(x, other=o, bias=self.fc2.bias, shift=shift, quantize=False).summed
+        return rows(x, other=o, **_added(self.fc2, activated.means), quantize=False).summed
+
+
+def _added(linear: Fp8Linear, means: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    """rows()'s arguments for what it adds to ``linear``'s output: its bias, folded into its
+    mean correction where there is one (one float32 vector per sequence), so that the kernel
+    reads one vector per column rather than two."""
+    shift = linear.shift(means)
+    if shift is None:
+        return {"bias": linear.bias}
+    return {"shift": shift if linear.bias is None else shift + linear.bias.float()}
 
 
 def to_fp8(

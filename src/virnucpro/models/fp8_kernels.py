@@ -25,7 +25,10 @@ import triton.language as tl
 
 E4M3_MAX = tl.constexpr(448.0)
 FLOAT32_TINY = tl.constexpr(1.1754943508222875e-38)
-PROGRAMS = 1024  # enough to fill the GPU whatever the batch's shape
+# warps per launch, at most: about every warp slot of the GPU once (H100/H200: 132
+# multiprocessors x 64), whatever the batch's shape; fewer would leave slots idle, more only
+# add per-program sums to write and add up
+WARPS = 8192
 
 
 # In Triton's CPU interpreter, which the tests run, values are first rounded to the narrower
@@ -249,9 +252,9 @@ def rotary(
 
 
 def launch_config(block: int) -> tuple[int, int]:
-    """Rows per step and warps for rows whose width rounds up to ``block``, a power of two
-    (benchmarks/fp8_rows.py times the choices)."""
-    return max(1, 16384 // block), 16 if block >= 8192 else 8
+    """Rows per step and warps per program for rows whose width rounds up to ``block``, a power
+    of two: benchmarks/fp8_rows.py times the choices (benchmarks/README.md)."""
+    return (1, 8) if block >= 8192 else (2, 2)
 
 
 @dataclass
@@ -287,12 +290,12 @@ def rows(
     k = x4.shape[2] * x4.shape[3]
     device = x.device
     count = b * t
-    parts = max(1, min(t, triton.cdiv(PROGRAMS, b)))
+    rows_per_step, warps = launch_config(triton.next_power_of_2(k))
+    parts = max(1, min(t, triton.cdiv(WARPS // warps, b)))
     rows_per_part = triton.cdiv(t, parts)
     parts = triton.cdiv(t, rows_per_part)
     block_a = 1 << (k.bit_length() - 1)  # the largest power of two <= k, then the rest's
     block_b = triton.next_power_of_2(k - block_a) if k > block_a else 0
-    rows_per_step, warps = launch_config(triton.next_power_of_2(k))
     values = scales = summed = sums = None
     if quantize:
         padded = count + (-count % 16)
