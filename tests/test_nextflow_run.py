@@ -310,6 +310,23 @@ def test_gpu_profile_fails_fast_without_a_gpu(nextflow, demo_models, tmp_path):
     assert "EMBED_" in output and "(example.shard_00001 [gpu])" in output
 
 
+def test_fp8_reaches_the_protein_stage(nextflow, demo_models, tmp_path):
+    """--precision fp8 is passed to both embedding stages: EMBED_DNA runs it (as bf16,
+    anywhere), EMBED_PROTEIN refuses it on this GPU-less machine with the stage's own error."""
+    done = nextflow.run("-profile", "test", "--models", str(demo_models), "--outdir", "out",
+                        "--shard_size", "100000000", "--precision", "fp8", cwd=tmp_path,
+                        check=False)  # fmt: skip
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "virnucpro: error: --precision fp8: needs a GPU with FP8 tensor cores" in output, output[
+        -3000:
+    ]
+    assert "EMBED_PROTEIN (example.shard_00001 [gpu])" in output, output[-3000:]
+    embedded = list(tmp_path.glob("work/*/*/*.dnabert.safetensors"))
+    assert len(embedded) == 1, embedded
+    assert not (tmp_path / "out" / "example" / "virnucpro_summary.tsv").exists()
+
+
 # -- 6 (part): stubs, and wrong input stopped before any task -----------------------------
 
 
