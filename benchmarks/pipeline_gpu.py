@@ -120,11 +120,13 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/virnucpro-pipeline"))
     parser.add_argument("--sequences", type=int, default=8000)
     parser.add_argument("--shard-size", type=int, default=1_500_000)
+    parser.add_argument("--precision", help="passed to both (default: theirs, auto)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     env = virnucpro_on_path(work)
+    precision = ["--precision", args.precision] if args.precision else []
     t = time.perf_counter()
     fasta, _ = bench.write_models_and_input(work, args.sequences)
     models = work / "models"
@@ -133,7 +135,8 @@ def main() -> None:
     bases = sum(len(r.sequence) for r in bench.read_fasta(fasta))
     results: dict = {"date": time.strftime("%Y-%m-%d"), "gpu": bench.torch.cuda.get_device_name(0),
                      "setup_s": round(time.perf_counter() - t, 1), "shard_size": args.shard_size,
-                     "input_bases": bases}  # fmt: skip
+                     "input_bases": bases,
+                     "precision": args.precision or "auto"}  # fmt: skip
 
     predict_out = work / "predict"
     shutil.rmtree(predict_out, ignore_errors=True)
@@ -141,7 +144,7 @@ def main() -> None:
     sampler.start()
     results["predict_s"] = timed(
         [sys.executable, "-m", "virnucpro", "predict", str(fasta), "--models", str(models),
-         "--outdir", str(predict_out), "--shard-size", str(args.shard_size)],
+         "--outdir", str(predict_out), "--shard-size", str(args.shard_size), *precision],
         env, work, args.out / "predict.log")  # fmt: skip
     sampler.stopped.set()
     results["predict_gpu"] = sampler.summary()
@@ -155,7 +158,7 @@ def main() -> None:
     results["pipeline_s"] = timed(
         [str(args.nextflow.resolve()), "run", str(ROOT), "-profile", "gpu", "--input", str(fasta),
          "--models", str(models), "--shard_size", str(args.shard_size), "--outdir", "results",
-         "--trace_report_suffix", "gpu"],
+         "--trace_report_suffix", "gpu", *precision],
         env, launch, args.out / "pipeline.log")  # fmt: skip
     sampler.stopped.set()
     results["pipeline_gpu"] = sampler.summary()

@@ -61,7 +61,10 @@ def test_compiled_matches_eager_and_never_recompiles(models: Path, kind: str) ->
 @pytest.mark.parametrize("kind", ["esm2", "dnabert"])
 def test_attention_never_takes_cudnn(models: Path, kind: str, monkeypatch) -> None:
     """cuDNN attention plans anew for every batch shape (up to a second each on the H100):
-    the layer loop must run attention with that backend switched off."""
+    attention must run with that backend switched off, switched off once for the process when
+    the model is built and never switched back: the switches are process-wide, not per thread,
+    so a forward pass that restored them changed them under another thread's (predict's lanes;
+    models/attention.py)."""
     cudnn_allowed: list[bool] = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -71,10 +74,12 @@ def test_attention_never_takes_cudnn(models: Path, kind: str, monkeypatch) -> No
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
     path = models / ("esm2.pt" if kind == "esm2" else DNABERT_DIRNAME)
+    torch.backends.cuda.enable_cudnn_sdp(True)  # as a fresh process starts
     loaded = load_embedder(kind, path, "cpu", "fp32")
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
     features(loaded, [[5, 6, 7, 8], [5, 6, 7]])
     assert cudnn_allowed and not any(cudnn_allowed)
-    assert torch.backends.cuda.cudnn_sdp_enabled()  # switched off only inside the loop
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
 
 
 @pytest.mark.parametrize("kind", ["esm2", "dnabert"])

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import sdpa_kernel
 
-from virnucpro.models.attention import ATTENTION_BACKENDS
+from virnucpro.models.attention import exclude_cudnn_attention
 
 
 @dataclass(frozen=True)
@@ -102,6 +101,7 @@ class DnaBert(nn.Module):
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.embed_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+        exclude_cudnn_attention()  # process-wide, once (models/attention.py)
 
     def forward(
         self, input_ids: torch.Tensor, keep: torch.Tensor, padded: bool | None = None
@@ -115,8 +115,7 @@ class DnaBert(nn.Module):
         if padded is None:
             padded = not bool(keep.all())
         slopes = _slopes_on(self.config.num_attention_heads, input_ids.device)
-        with sdpa_kernel(ATTENTION_BACKENDS):
-            return self.encode(input_ids, keep, slopes, padded)
+        return self.encode(input_ids, keep, slopes, padded)
 
     def encode(
         self, input_ids: torch.Tensor, keep: torch.Tensor, slopes: torch.Tensor, padded: bool

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import sdpa_kernel
 
-from virnucpro.models.attention import ATTENTION_BACKENDS
+from virnucpro.models.attention import exclude_cudnn_attention
 from virnucpro.models.tokenizers import MASK_IDX, PAD_IDX, PROTEIN_TOKENS
 
 # Token dropout during training: 15% of tokens selected, 80% of those replaced by <mask>.
@@ -115,6 +114,7 @@ class ESM2(nn.Module):
             Layer(config.embed_dim, config.attention_heads) for _ in range(config.num_layers)
         )
         self.emb_layer_norm_after = nn.LayerNorm(config.embed_dim)
+        exclude_cudnn_attention()  # process-wide, once (models/attention.py)
 
     def forward(self, tokens: torch.LongTensor, padded: bool | None = None) -> torch.Tensor:
         """Representation after the last layer and emb_layer_norm_after, as fair-esm's
@@ -136,7 +136,6 @@ class ESM2(nn.Module):
         if padded is None:
             padded = bool(padding.any())
         mask = (~padding)[:, None, None, :] if padded else None
-        with sdpa_kernel(ATTENTION_BACKENDS):
-            for layer in self.layers:
-                x = layer(x, cos, sin, mask)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
         return self.emb_layer_norm_after(x)
