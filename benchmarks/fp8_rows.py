@@ -9,9 +9,9 @@ Per launch and configuration, at each of BUDGETS (fp8_kernels.WARPS): microsecon
 rows() call (the median of 5 rounds of --repeats calls back to back; a call includes rows()'s
 few small torch operations beside the kernel, as in the model), the bytes it must move (inputs
 read once, outputs written once) and that as a share of the copy bandwidth: the floor a
-memory-bound kernel can reach. The
-configuration fp8_kernels.launch_config picks is marked; at the end, the best per launch and,
-per block width (launch_config's key), the configuration fastest over its launches. Input:
+memory-bound kernel can reach. The configuration fp8_kernels.launch_config and WARPS pick is
+marked; at the end, the best per launch and, per block width (launch_config's key), the
+configuration fastest over its launches. Input:
 one batch of --sequences rows of --length tokens (the 500 bp benchmark's typical batch), the
 last tokens of every third row padding, random values.
 """
