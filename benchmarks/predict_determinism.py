@@ -72,7 +72,8 @@ def main() -> None:
                     lanes=lanes, keep_work=True)  # fmt: skip
             runs.append(outdir)
         found = differences(*runs)
-        results["lanes"][lanes] = {"files": len(features(runs[0])), "differing": found}
+        files = len(list(runs[0].glob("**/*.safetensors")))
+        results["lanes"][lanes] = {"files": files, "differing": found}
         print(f"lanes {lanes}: {len(found)} feature tensors differ {found}", flush=True)
     (args.out / "predict_determinism.json").write_text(json.dumps(results, indent=2))
 

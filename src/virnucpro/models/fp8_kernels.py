@@ -217,8 +217,7 @@ def _rotary_kernel(
     sign = tl.where(d < HALF, -1.0, 1.0)
     h_ptr += row.to(tl.int64) * (WIDTH * 3 // 2)  # 64-bit offsets: 2**31 elements and more
     x = tl.load(h_ptr + cols, mask=inside, other=0.0).to(tl.float32)
-    y = tl.load(h_ptr + partner, mask=inside, other=0.0)
-    y = y.to(tl.float32)
+    y = tl.load(h_ptr + partner, mask=inside, other=0.0).to(tl.float32)
     if SHIFT:
         b = row // T
         x += tl.load(shift_ptr + b * WIDTH + cols, mask=inside, other=0.0)
